@@ -1,0 +1,551 @@
+"""The contract between operator, agent and processor: metric types, shared-config, agent config, partials.
+
+This module imports only pydantic and the standard library, so the operator can import it
+without pulling in the agent's runtime, and the agent can import it without kopf or the
+kubernetes client. Everything that crosses a process boundary is defined here:
+
+- ``MetricType``, ``MetricEvent``, ``AggregatedMetric``: the old service's names, kept.
+- ``SharedConfig``: the org-wide defaults from the shared-config ConfigMap (a mounted
+  directory, one file per key) or the environment.
+- ``AgentConfig``: what the operator renders into an agent's ConfigMap.
+- ``resolve``: CR spec > shared-config > built-in defaults, as one pure function.
+- ``WindowPartial``: the versioned, mergeable wire format agents send to processors.
+
+Durations are written ``10s``, ``1m``, ``1h30m`` (also ``500ms``) and become seconds.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+# --- durations ----------------------------------------------------------------------------
+
+DURATION_PATTERN: Final = r"^([0-9]+(ms|s|m|h))+$"
+"""The duration grammar shared by the CRD schema, shared-config and the agent config."""
+
+_DURATION_PART = re.compile(r"([0-9]+)(ms|s|m|h)")
+_UNIT_SECONDS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+class ConfigError(ValueError):
+    """A configuration value broke a rule; the message names the key and the rule."""
+
+    def __init__(self, key: str, rule: str, value: object = None) -> None:
+        self.key = key
+        self.rule = rule
+        shown = "" if value is None else f" (got {value!r})"
+        super().__init__(f"{key}: {rule}{shown}")
+
+
+def parse_duration(value: str | float | int, *, key: str = "duration") -> float:
+    """Seconds from ``10s``, ``1m``, ``1h30m``, ``500ms`` or a plain number of seconds.
+
+    Raises ``ConfigError`` naming ``key`` and the rule when the value is not a positive duration.
+    """
+    if isinstance(value, bool):
+        raise ConfigError(key, "must be a duration such as 10s, 1m or 1h30m", value)
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        text = value.strip()
+        if re.fullmatch(r"[0-9]+(\.[0-9]+)?", text):
+            seconds = float(text)
+        elif re.fullmatch(DURATION_PATTERN, text):
+            seconds = sum(int(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text))
+        else:
+            raise ConfigError(key, "must be a duration such as 10s, 1m or 1h30m", value)
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigError(key, "must be a positive duration", value)
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest ``1h30m``-style spelling of a duration (inverse of ``parse_duration``)."""
+    ms = round(seconds * 1000)
+    parts: list[str] = []
+    for unit, size in (("h", 3_600_000), ("m", 60_000), ("s", 1000), ("ms", 1)):
+        n, ms = divmod(ms, size)
+        if n:
+            parts.append(f"{n}{unit}")
+    return "".join(parts) or "0s"
+
+
+def _duration_validator(value: Any, info: Any) -> float:
+    return parse_duration(value, key=getattr(info, "field_name", None) or "duration")
+
+
+Seconds = Annotated[
+    float,
+    BeforeValidator(_duration_validator),
+    PlainSerializer(format_duration, return_type=str, when_used="json"),
+]
+"""A positive duration in seconds; accepts ``10s``/``1h30m`` and serialises back to that form."""
+
+
+def _check_multiple(window: float, interval: float) -> bool:
+    ratio = window / interval
+    return abs(ratio - round(ratio)) < 1e-9 and round(ratio) >= 1
+
+
+# --- metrics ------------------------------------------------------------------------------
+
+
+class MetricType(enum.StrEnum):
+    """How a sample's value behaves over time."""
+
+    GAUGE = "gauge"
+    """A level (usage %, bytes used): aggregated as is."""
+    COUNTER = "counter"
+    """A monotonically increasing total (bytes sent): aggregated as a per-second rate."""
+
+
+class MetricEvent(BaseModel):
+    """One sample of one series, as a collector produced it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str = Field(min_length=1, description="Dotted metric name, e.g. system.cpu.usage.")
+    value: float = Field(description="The sample's value in the metric's unit.")
+    type: MetricType = Field(default=MetricType.GAUGE, description="Gauge or counter.")
+    tags: dict[str, str] = Field(default_factory=dict, description="Series tags (host, node, core, ...).")
+    timestamp: float = Field(description="Unix time of the sample, seconds.")
+
+    @field_validator("value")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("value must be a finite number")
+        return v
+
+
+class AggregatedMetric(BaseModel):
+    """One series' aggregate over one window; ``timestamp`` is the window end."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    tags: dict[str, str] = Field(default_factory=dict)
+    timestamp: float = Field(description="Window end, Unix seconds: replays overwrite themselves.")
+    window_start: float
+    count: int = Field(ge=0)
+    sum: float
+    mean: float
+    min: float
+    max: float
+    last: float
+    quantiles: dict[str, float] = Field(
+        default_factory=dict, description='Configured quantiles keyed "p50", "p95", "p99.9".'
+    )
+
+    @property
+    def p50(self) -> float | None:
+        return self.quantiles.get("p50")
+
+    @property
+    def p95(self) -> float | None:
+        return self.quantiles.get("p95")
+
+    @property
+    def p99(self) -> float | None:
+        return self.quantiles.get("p99")
+
+
+def quantile_key(q: float) -> str:
+    """``95 -> "p95"``, ``99.9 -> "p99.9"``: the field name a quantile is written under."""
+    return f"p{q:g}"
+
+
+# --- shared-config ------------------------------------------------------------------------
+
+SHARED_CONFIG_KEYS: Final = (
+    "observatory_enabled",
+    "observatory_collection_interval",
+    "observatory_aggregation_window",
+    "influxdb_url",
+    "influxdb_org",
+    "influxdb_bucket",
+    "cluster_name",
+    "tags",
+)
+
+
+def _parse_bool(value: Any, info: Any) -> Any:
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in {"true", "yes", "on", "1"}:
+            return True
+        if text in {"false", "no", "off", "0"}:
+            return False
+        raise ConfigError(info.field_name, "must be true or false", value)
+    return value
+
+
+def _parse_tags(value: Any, info: Any) -> Any:
+    """Tags come as JSON (``{"team": "sre"}``) or ``key=value`` pairs split by commas or lines."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if not text:
+        return {}
+    if text.startswith("{"):
+        try:
+            parsed = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(info.field_name, f"is not valid JSON: {exc.msg}", value) from exc
+        return parsed
+    tags: dict[str, str] = {}
+    for raw in re.split(r"[,\n]", text):
+        item = raw.strip()
+        if not item:
+            continue
+        key, sep, val = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(info.field_name, "entries must be key=value", item)
+        tags[key.strip()] = val.strip()
+    return tags
+
+
+def _validate_tags(tags: dict[str, str] | None) -> dict[str, str] | None:
+    if tags is None:
+        return None
+    for key in tags:
+        if not key or key in RESERVED_TAGS:
+            raise ValueError(f"tag key {key!r} is empty or reserved ({', '.join(sorted(RESERVED_TAGS))})")
+    return tags
+
+
+RESERVED_TAGS: Final = frozenset({"host", "node", "cluster", "_measurement", "_field", "_time"})
+"""Tags the agent sets itself; configured tags may not override them."""
+
+
+class SharedConfig(BaseModel):
+    """The org-wide defaults from the shared-config ConfigMap. ``None`` means "not set here"."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    observatory_enabled: Annotated[bool | None, BeforeValidator(_parse_bool)] = Field(
+        default=None, description="Master switch: false stops collection on every node."
+    )
+    observatory_collection_interval: Seconds | None = Field(
+        default=None, description="How often collectors sample, e.g. 10s."
+    )
+    observatory_aggregation_window: Seconds | None = Field(
+        default=None, description="Tumbling window length, a whole multiple of the interval, e.g. 1m."
+    )
+    influxdb_url: str | None = Field(default=None, description="InfluxDB 2 base URL.")
+    influxdb_org: str | None = Field(default=None, description="InfluxDB organization.")
+    influxdb_bucket: str | None = Field(default=None, description="InfluxDB bucket.")
+    cluster_name: str | None = Field(default=None, description="Written as the cluster tag on every point.")
+    tags: Annotated[dict[str, str] | None, BeforeValidator(_parse_tags)] = Field(
+        default=None, description="Extra tags on every point (JSON or key=value lines)."
+    )
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        return _validate_tags(v)
+
+    @field_validator("influxdb_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^https?://[^\s/]+", v):
+            raise ValueError("must be an http:// or https:// URL")
+        return v
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, str], *, source: str) -> SharedConfig:
+        """Validate raw string values; unknown keys and bad values raise ``ConfigError``."""
+        unknown = sorted(set(data) - set(SHARED_CONFIG_KEYS))
+        if unknown:
+            raise ConfigError(
+                f"{source}: {unknown[0]}", f"is not a shared-config key (known: {', '.join(SHARED_CONFIG_KEYS)})"
+            )
+        try:
+            return cls.model_validate({k: v.strip() if k != "tags" else v for k, v in data.items()})
+        except ValidationError as exc:
+            raise config_error_from(exc, prefix=source) from exc
+
+    @classmethod
+    def from_directory(cls, directory: Path) -> SharedConfig:
+        """Read a mounted ConfigMap: one file per key. The kubelet's ``..data`` links are skipped."""
+        data: dict[str, str] = {}
+        if directory.is_dir():
+            for entry in sorted(directory.iterdir()):
+                if entry.name.startswith(".") or not entry.is_file():
+                    continue
+                data[entry.name] = entry.read_text()
+        return cls.from_mapping(data, source=str(directory))
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> SharedConfig:
+        """Variables named like the keys, upper-cased (``OBSERVATORY_COLLECTION_INTERVAL``)."""
+        data = {k: environ[k.upper()] for k in SHARED_CONFIG_KEYS if k.upper() in environ}
+        return cls.from_mapping(data, source="environment")
+
+    @classmethod
+    def load(cls, directory: Path | None = None, environ: Mapping[str, str] | None = None) -> SharedConfig:
+        """The directory's keys, overridden by the environment's."""
+        base = cls.from_directory(directory) if directory is not None else cls()
+        env = cls.from_environ(os.environ if environ is None else environ)
+        return base.overlay(env)
+
+    def overlay(self, other: SharedConfig) -> SharedConfig:
+        """Keys set in ``other`` win."""
+        merged = self.model_dump(exclude_none=True)
+        merged.update(other.model_dump(exclude_none=True))
+        return SharedConfig.model_validate(merged)
+
+
+def config_error_from(exc: ValidationError, *, prefix: str = "") -> ConfigError:
+    """The first pydantic error as a ``ConfigError`` that names the field path and the rule."""
+    err = exc.errors()[0]
+    path = ".".join(str(p) for p in err["loc"]) or "value"
+    ctx_error = (err.get("ctx") or {}).get("error")
+    rule = str(ctx_error) if isinstance(ctx_error, ConfigError) else err["msg"]
+    if isinstance(ctx_error, ConfigError):
+        rule = ctx_error.rule
+    key = f"{prefix}: {path}" if prefix else path
+    return ConfigError(key, rule, err.get("input") if not isinstance(err.get("input"), dict) else None)
+
+
+# --- agent config (rendered by the operator) ----------------------------------------------
+
+DEFAULT_INTERVAL: Final = 10.0
+DEFAULT_WINDOW: Final = 60.0
+DEFAULT_QUANTILES: Final = (50.0, 95.0, 99.0)
+DEFAULT_EXACT_THRESHOLD: Final = 1024
+DEFAULT_METRICS_PORT: Final = 9464
+
+SYSTEM_COLLECTORS: Final = (
+    "cpu",
+    "cpu_core",
+    "memory",
+    "swap",
+    "load",
+    "disk_usage",
+    "disk_io",
+    "network",
+    "filesystem",
+    "uptime",
+    "processes",
+    "cpuinfo",
+)
+"""Built-in collectors that read the host."""
+
+COLLECTOR_KINDS: Final = (*SYSTEM_COLLECTORS, "application", "custom")
+
+
+class CollectorConfig(BaseModel):
+    """One collector the agent runs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, description="Unique name; for system collectors, the collector kind.")
+    kind: str = Field(description="A system collector, 'application' or 'custom'.")
+    enabled: bool = True
+    timeout: Seconds = Field(default=5.0, description="A collection that takes longer is abandoned.")
+    targets: list[str] = Field(default_factory=list, description="application: Prometheus text URLs.")
+    entry_point: str | None = Field(
+        default=None, description="custom: entry-point name in the observatory.collectors group."
+    )
+    options: dict[str, str] = Field(default_factory=dict, description="Collector-specific options.")
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, v: str) -> str:
+        if v not in COLLECTOR_KINDS:
+            raise ValueError(f"must be one of {', '.join(COLLECTOR_KINDS)}")
+        return v
+
+
+class InfluxTarget(BaseModel):
+    """Where node-level aggregates go; unset fields fall back to shared-config."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str | None = None
+    org: str | None = None
+    bucket: str | None = None
+    token_file: str | None = Field(
+        default=None, description="File holding the token (a mounted Secret); never the token itself."
+    )
+    token_env: str = Field(default="INFLUXDB_TOKEN", description="Environment variable read when no file.")
+
+
+class ProcessorTarget(BaseModel):
+    """An AggregationRule's processor and the series it wants."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rule: str = Field(min_length=1)
+    url: str = Field(description="Processor base URL, e.g. http://name.ns.svc:9465.")
+    metrics: list[str] = Field(min_length=1, description="Metric name glob patterns.")
+    match_tags: dict[str, str] = Field(default_factory=dict, description="Tag equality matchers.")
+
+
+class AgentConfig(BaseModel):
+    """What the operator renders into an agent's ConfigMap (``agent.json``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: Literal[1] = 1
+    collector: str = Field(default="local", description="The ObservatoryCollector's name.")
+    namespace: str = Field(default="default")
+    enabled: bool | None = Field(default=None, description="None: follow shared-config's observatory_enabled.")
+    interval: Seconds | None = None
+    window: Seconds | None = None
+    collectors: list[CollectorConfig] = Field(
+        default_factory=lambda: [CollectorConfig(name=k, kind=k) for k in SYSTEM_COLLECTORS]
+    )
+    quantiles: list[float] = Field(default_factory=lambda: list(DEFAULT_QUANTILES))
+    exact_quantile_threshold: int = Field(default=DEFAULT_EXACT_THRESHOLD, ge=1)
+    tags: dict[str, str] = Field(default_factory=dict)
+    influxdb: InfluxTarget = Field(default_factory=InfluxTarget)
+    processors: list[ProcessorTarget] = Field(default_factory=list)
+    buffer_max_bytes: int = Field(default=64 * 1024 * 1024, ge=4096)
+    buffer_dir: str = Field(default="/var/lib/observatory/buffer")
+    port: int = Field(default=DEFAULT_METRICS_PORT, ge=1, le=65535)
+
+    @field_validator("quantiles")
+    @classmethod
+    def _quantiles(cls, v: list[float]) -> list[float]:
+        for q in v:
+            if not 0 < q < 100:
+                raise ValueError(f"quantile {q:g} must be strictly between 0 and 100")
+        return sorted(set(v))
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, v: dict[str, str]) -> dict[str, str]:
+        _validate_tags(v)
+        return v
+
+    @model_validator(mode="after")
+    def _rules(self) -> AgentConfig:
+        names = [c.name for c in self.collectors]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"collectors: names must be unique, {dupes[0]!r} repeats")
+        if self.interval and self.window and not _check_multiple(self.window, self.interval):
+            raise ValueError("window must be a whole multiple of interval")
+        return self
+
+
+class EffectiveConfig(BaseModel):
+    """An agent's config after precedence: every value concrete."""
+
+    model_config = ConfigDict(frozen=True)
+
+    enabled: bool
+    interval: float
+    window: float
+    cluster: str
+    tags: dict[str, str]
+    influxdb_url: str | None
+    influxdb_org: str | None
+    influxdb_bucket: str | None
+    agent: AgentConfig
+
+
+def resolve(agent: AgentConfig, shared: SharedConfig) -> EffectiveConfig:
+    """CR spec (``agent``) > shared-config > built-in defaults; raises ``ConfigError`` on conflicts."""
+    interval = agent.interval or shared.observatory_collection_interval or DEFAULT_INTERVAL
+    window = agent.window or shared.observatory_aggregation_window or DEFAULT_WINDOW
+    if not _check_multiple(window, interval):
+        raise ConfigError(
+            "window",
+            f"must be a whole multiple of interval ({format_duration(window)} vs {format_duration(interval)})",
+        )
+    enabled = agent.enabled if agent.enabled is not None else shared.observatory_enabled
+    tags = {**(shared.tags or {}), **agent.tags}
+    return EffectiveConfig(
+        enabled=True if enabled is None else enabled,
+        interval=interval,
+        window=window,
+        cluster=shared.cluster_name or "default",
+        tags=tags,
+        influxdb_url=agent.influxdb.url or shared.influxdb_url,
+        influxdb_org=agent.influxdb.org or shared.influxdb_org,
+        influxdb_bucket=agent.influxdb.bucket or shared.influxdb_bucket,
+        agent=agent,
+    )
+
+
+# --- partials: agent → processor ----------------------------------------------------------
+
+PARTIAL_VERSION: Final = 1
+
+
+class SketchState(BaseModel):
+    """A DDSketch's mergeable state: log-gamma buckets of positive and negative values."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    relative_accuracy: float = Field(gt=0, lt=1)
+    positive: dict[int, float] = Field(default_factory=dict, description="bucket index → count")
+    negative: dict[int, float] = Field(default_factory=dict)
+    zero_count: float = Field(default=0.0, ge=0)
+
+
+class SeriesPartial(BaseModel):
+    """One series' window state, mergeable with the same series from other nodes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    tags: dict[str, str] = Field(default_factory=dict)
+    count: int = Field(ge=1)
+    sum: float
+    min: float
+    max: float
+    last: float
+    last_timestamp: float
+    values: list[float] | None = Field(default=None, description="Every sample while under the exact threshold.")
+    sketch: SketchState | None = Field(default=None, description="Past the threshold, a DDSketch.")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> SeriesPartial:
+        if (self.values is None) == (self.sketch is None):
+            raise ValueError("exactly one of values or sketch must be set")
+        if self.values is not None and len(self.values) != self.count:
+            raise ValueError(f"values has {len(self.values)} entries but count is {self.count}")
+        if self.min > self.max:
+            raise ValueError("min must not exceed max")
+        return self
+
+
+class WindowPartial(BaseModel):
+    """What an agent sends a processor at a window close (``POST /v1/partials``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: Literal[1] = PARTIAL_VERSION
+    rule: str = Field(min_length=1)
+    node: str = Field(min_length=1)
+    window_start: float
+    window_end: float
+    series: list[SeriesPartial]
+
+    @model_validator(mode="after")
+    def _window(self) -> WindowPartial:
+        if self.window_end <= self.window_start:
+            raise ValueError("window_end must be after window_start")
+        return self
