@@ -276,7 +276,8 @@ class SharedConfig(BaseModel):
         unknown = sorted(set(data) - set(SHARED_CONFIG_KEYS))
         if unknown:
             raise ConfigError(
-                f"{source}: {unknown[0]}", f"is not a shared-config key (known: {', '.join(SHARED_CONFIG_KEYS)})"
+                f"{source}: {unknown[0]}",
+                f"is not a shared-config key (known: {', '.join(SHARED_CONFIG_KEYS)})",
             )
         try:
             return cls.model_validate({k: v.strip() if k != "tags" else v for k, v in data.items()})
