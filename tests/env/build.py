@@ -100,15 +100,12 @@ def _run(cmd: list[str], *, cwd: Path, env: dict[str, str], log: Path, step: str
     with log.open("a") as fh:
         fh.write(f"\n$ (cd {cwd} && {' '.join(cmd)})\n")
         fh.flush()
-        proc = subprocess.run(
-            cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=fh, text=True, check=False
-        )
+        proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=fh, text=True, check=False)
         fh.write(proc.stdout)
     if proc.returncode != 0:
         tail = "\n".join(log.read_text().splitlines()[-25:])
         raise BuildError(
-            f"{step} failed (exit {proc.returncode}) after {time.monotonic() - started:.0f}s; "
-            f"full log: {log}\n{tail}"
+            f"{step} failed (exit {proc.returncode}) after {time.monotonic() - started:.0f}s; full log: {log}\n{tail}"
         )
     print(f"    done in {time.monotonic() - started:.0f}s", flush=True)
     return proc.stdout
@@ -173,7 +170,7 @@ def _wrapper_module(
     each local replace at the published module of ``local_version`` makes the build work.
     """
     _run(["go", "mod", "init", f"build.local/{comp.name}"], cwd=work, env=env, log=log, step="go mod init")
-    gomod = _module_gomod(module, comp.version, work=work, env=env, log=log)
+    gomod = _module_gomod(module, comp.version, work, env, log)
     args = ["go", "mod", "edit", f"-require={module}@{comp.version}"]
     for mod, target, target_version in _replaces(gomod):
         if target.startswith(".") and not re.search(rf"^\s*(?:require\s+)?{re.escape(mod)}\s+v", gomod, re.M):
@@ -282,7 +279,7 @@ def build_influxdb(comp: Component, work: Path, log: Path) -> None:
     env = _go_env({"CGO_ENABLED": "1"})
     _wrapper_module(comp, "github.com/influxdata/influxdb/v2", comp.version, work=work, env=env, log=log)
     gomod = (work / "go.mod").read_text()
-    upstream = _module_gomod("github.com/influxdata/influxdb/v2", comp.version, work=work, env=env, log=log)
+    upstream = _module_gomod("github.com/influxdata/influxdb/v2", comp.version, work, env, log)
     pkgconfig = re.search(r"github.com/influxdata/pkg-config\s+(v\S+)", upstream)
     if not pkgconfig:
         raise BuildError(f"influxdb {comp.version}'s go.mod names no github.com/influxdata/pkg-config")
@@ -305,9 +302,7 @@ def build_influxdb(comp: Component, work: Path, log: Path) -> None:
     # build script compiles flux-core for the host with the `strict` feature (deny(warnings)),
     # which fails on newer rustc. A rustc wrapper caps lints for host and target alike.
     wrapper = tools / "rustc-cap-lints"
-    wrapper.write_text(
-        '#!/bin/sh\ncase " $* " in *" --cap-lints "*) exec "$@" ;; esac\nexec "$@" --cap-lints warn\n'
-    )
+    wrapper.write_text('#!/bin/sh\ncase " $* " in *" --cap-lints "*) exec "$@" ;; esac\nexec "$@" --cap-lints warn\n')
     wrapper.chmod(0o755)
     env["RUSTC_WRAPPER"] = str(wrapper)
     env["PKG_CONFIG"] = str(tools / "pkg-config")
@@ -364,16 +359,12 @@ def ensure(names: list[str]) -> None:
             shutil.rmtree(work, ignore_errors=True)
         still = comp.missing()
         if still:
-            raise BuildError(
-                f"{comp.name} {comp.version}: build finished but {still} are missing; log: {log}"
-            )
+            raise BuildError(f"{comp.name} {comp.version}: build finished but {still} are missing; log: {log}")
         print(f"✓ {comp.name} {comp.version} built in {time.monotonic() - started:.0f}s", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("components", nargs="*", help=f"any of {', '.join(BUILDERS)} (default: all)")
     parser.add_argument("--print-paths", action="store_true", help="print each component's bin dir and exit")
     args = parser.parse_args(argv)
