@@ -1,0 +1,59 @@
+"""``system.cpu.info``: py-cpuinfo read once at start, in a thread, then repeated every cycle."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from observatory_agent.collectors.base import GAUGE, Sample, executor
+
+
+def _read_cpuinfo() -> dict[str, Any]:
+    import cpuinfo  # noqa: PLC0415 - lazy: read once, in a worker thread
+
+    # get_cpu_info() runs a short-lived subprocess; it takes ~1 s, hence once and off the loop.
+    info: dict[str, Any] = cpuinfo.get_cpu_info()
+    return info
+
+
+def info_samples(info: dict[str, Any], logical_cpus: int) -> list[Sample]:
+    tags = {
+        "model": str(info.get("brand_raw") or "unknown"),
+        "vendor": str(info.get("vendor_id_raw") or "unknown"),
+        "arch": str(info.get("arch") or "unknown"),
+    }
+    out = [Sample("system.cpu.info", 1.0, GAUGE, tags), Sample("system.cpu.count", float(logical_cpus))]
+    hz = info.get("hz_advertised")
+    if isinstance(hz, list | tuple) and hz and isinstance(hz[0], int | float):
+        out.append(Sample("system.cpu.frequency.advertised", float(hz[0])))
+    return out
+
+
+class CpuInfoCollector:
+    """Starts the one read at construction; cycles before it finishes yield nothing."""
+
+    def __init__(self, name: str = "cpuinfo", timeout: float = 5.0) -> None:
+        self._name = name
+        self._timeout = timeout
+        self._samples: list[Sample] | None = None
+        self._task: asyncio.Future[dict[str, Any]] | None = None
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def timeout(self) -> float:
+        return self._timeout
+
+    async def collect(self) -> Sequence[Sample]:
+        if self._samples is not None:
+            return self._samples
+        if self._task is None:
+            self._task = asyncio.get_running_loop().run_in_executor(executor(), _read_cpuinfo)
+        if not self._task.done():
+            return []
+        self._samples = info_samples(self._task.result(), os.cpu_count() or 0)
+        return self._samples
