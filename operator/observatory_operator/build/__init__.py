@@ -1,0 +1,72 @@
+"""Pure builders: a validated collector spec plus settings become the list of desired child objects.
+
+Nothing here talks to the API server or imports kopf (an import-linter contract enforces it), so
+every builder is tested with plain values, and the reconciler only applies what ``build_collector``
+returns and prunes the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from observatory_operator.api.models import API_VERSION, ObservatoryCollectorSpec
+from observatory_operator.build import agent, hashing, names
+from observatory_operator.settings import Settings
+
+Obj = dict[str, Any]
+
+__all__ = ["Built", "Owner", "build_collector", "owner_reference"]
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The custom resource that owns the children: passed explicitly, never read from a global."""
+
+    name: str
+    namespace: str
+    uid: str
+    kind: str = "ObservatoryCollector"
+    api_version: str = API_VERSION
+
+
+@dataclass(frozen=True)
+class Built:
+    """The desired objects of one collector, and the config hash that is on its pod template."""
+
+    objects: list[Obj]
+    config_hash: str
+
+
+def owner_reference(owner: Owner) -> Obj:
+    """A controller reference: the garbage collector deletes the child with its owner."""
+    return {
+        "apiVersion": owner.api_version,
+        "kind": owner.kind,
+        "name": owner.name,
+        "uid": owner.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def build_collector(
+    owner: Owner, spec: ObservatoryCollectorSpec, settings: Settings, *, service_monitor: bool = False
+) -> Built:
+    """Every desired child of one ObservatoryCollector, in apply order (the ConfigMap before the pods that mount it)."""
+    name, namespace = owner.name, owner.namespace
+    labels = names.common_labels(name)
+    rendered = agent.render_agent_config(agent.agent_config(name, namespace, spec))
+    template = agent.pod_template(name, spec, settings)
+    digest = hashing.config_hash(rendered, template)
+    objects = [
+        agent.configmap(name, namespace, rendered, labels),
+        agent.service(name, namespace, labels),
+        agent.daemonset(name, namespace, spec, template, config_hash=digest, labels=labels),
+    ]
+    if service_monitor:
+        objects.append(agent.servicemonitor(name, namespace, labels))
+    ref = owner_reference(owner)
+    for obj in objects:
+        obj["metadata"]["ownerReferences"] = [dict(ref)]
+    return Built(objects=objects, config_hash=digest)

@@ -1,0 +1,326 @@
+"""Pure builders of one collector's agent objects: AgentConfig, ConfigMap, DaemonSet, Service, ServiceMonitor."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from observatory_agent.contract import (
+    DEFAULT_METRICS_PORT,
+    AgentConfig,
+    CollectorConfig,
+    InfluxTarget,
+    parse_duration,
+)
+from observatory_operator.api.models import ObservatoryCollectorSpec
+from observatory_operator.build import names
+from observatory_operator.settings import Settings
+
+Obj = dict[str, Any]
+
+CONFIG_DIR: Final = "/etc/observatory/agent"
+CONFIG_FILE: Final = "agent.json"
+SHARED_CONFIG_DIR: Final = "/etc/observatory/shared"
+TOKEN_DIR: Final = "/var/run/secrets/observatory/influxdb"  # noqa: S105 - a mount path, not a secret
+BUFFER_DIR: Final = "/var/lib/observatory/buffer"
+HOST_MOUNTS: Final = (
+    ("host-proc", "/proc", "/host/proc"),
+    ("host-sys", "/sys", "/host/sys"),
+    ("host-root", "/", "/host/root"),
+)
+"""(volume, host path, mount path): read-only windows onto the node the collectors measure."""
+
+COMMAND: Final = (
+    "observatory-agent",
+    "run",
+    "--config",
+    f"{CONFIG_DIR}/{CONFIG_FILE}",
+    "--shared-config",
+    SHARED_CONFIG_DIR,
+)
+
+
+def _enabled_kinds(spec: ObservatoryCollectorSpec) -> set[str]:
+    return {c.effective_kind for c in spec.collectors if c.enabled}
+
+
+def needs_host_network(spec: ObservatoryCollectorSpec) -> bool:
+    """The network collector reports the node's interfaces, which only the host network namespace shows."""
+    return "network" in _enabled_kinds(spec)
+
+
+def needs_host_pid(spec: ObservatoryCollectorSpec) -> bool:
+    """The processes collector counts the node's processes, which only the host PID namespace shows."""
+    return "processes" in _enabled_kinds(spec)
+
+
+def agent_config(name: str, namespace: str, spec: ObservatoryCollectorSpec) -> AgentConfig:
+    """The collector's spec as the agent's ``agent.json``; values the spec leaves unset stay unset for shared-config."""
+    influx = spec.influxdb
+    token_file = f"{TOKEN_DIR}/{influx.token_secret_ref.key}" if influx.token_secret_ref else None
+    return AgentConfig(
+        collector=name,
+        namespace=namespace,
+        interval=parse_duration(spec.interval, key="spec.interval") if spec.interval else None,
+        window=parse_duration(spec.window, key="spec.window") if spec.window else None,
+        collectors=[
+            CollectorConfig(
+                name=c.name,
+                kind=c.effective_kind,
+                enabled=c.enabled,
+                timeout=parse_duration(c.timeout, key=f"spec.collectors[{c.name}].timeout"),
+                targets=list(c.targets or []),
+                entry_point=c.entry_point,
+                options=dict(c.options or {}),
+            )
+            for c in spec.collectors
+        ],
+        quantiles=list(spec.aggregations.quantiles),
+        exact_quantile_threshold=spec.aggregations.exact_threshold,
+        tags=dict(spec.tags or {}),
+        influxdb=InfluxTarget(url=influx.url, org=influx.org, bucket=influx.bucket, token_file=token_file),
+        buffer_dir=BUFFER_DIR,
+        port=DEFAULT_METRICS_PORT,
+    )
+
+
+def render_agent_config(config: AgentConfig) -> str:
+    """The exact text of ``agent.json``; hashing and the ConfigMap both use this one rendering."""
+    return config.model_dump_json(indent=2)
+
+
+def configmap(name: str, namespace: str, rendered: str, labels: dict[str, str]) -> Obj:
+    """The ConfigMap with ``agent.json``. It never holds the token: that stays in the user's Secret."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": names.agent_configmap(name), "namespace": namespace, "labels": dict(labels)},
+        "data": {CONFIG_FILE: rendered},
+    }
+
+
+def _image_version(image: str) -> str | None:
+    """The tag of ``repo:tag`` (for the version label); digests and untagged images have none."""
+    if "@" in image:
+        return None
+    last = image.rsplit("/", 1)[-1]
+    return last.split(":", 1)[1] if ":" in last else None
+
+
+def _resources(spec: ObservatoryCollectorSpec, settings: Settings) -> Obj:
+    if spec.resources is None:
+        defaults = settings.agent
+        return {
+            "requests": {"cpu": defaults.cpu_request, "memory": defaults.memory_request},
+            "limits": {"memory": defaults.memory_limit},
+        }
+    out: Obj = {}
+    if spec.resources.requests:
+        out["requests"] = {k: str(v) for k, v in spec.resources.requests.items()}
+    if spec.resources.limits:
+        out["limits"] = {k: str(v) for k, v in spec.resources.limits.items()}
+    return out
+
+
+def _env() -> list[Obj]:
+    def field_ref(var: str, path: str) -> Obj:
+        return {"name": var, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": path}}}
+
+    return [
+        field_ref("NODE_NAME", "spec.nodeName"),
+        field_ref("POD_NAME", "metadata.name"),
+        field_ref("POD_NAMESPACE", "metadata.namespace"),
+        # The agent binds its metrics/status server to the pod IP, which is also where the operator probes.
+        field_ref("POD_IP", "status.podIP"),
+        {"name": "HOST_PROC", "value": "/host/proc"},
+        {"name": "HOST_SYS", "value": "/host/sys"},
+        {"name": "HOST_ROOT", "value": "/host/root"},
+    ]
+
+
+def _volumes(name: str, spec: ObservatoryCollectorSpec, settings: Settings) -> tuple[list[Obj], list[Obj]]:
+    """(volumes, volumeMounts) of the agent pod."""
+    volumes: list[Obj] = [
+        {"name": "config", "configMap": {"name": names.agent_configmap(name)}},
+        {
+            "name": "shared-config",
+            "configMap": {"name": spec.shared_config.name, "optional": spec.shared_config.optional},
+        },
+        {"name": "buffer", "emptyDir": {"sizeLimit": settings.agent.buffer_size_limit}},
+        # Python and libraries want a writable /tmp; the root filesystem is read-only.
+        {"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}},
+    ]
+    mounts: list[Obj] = [
+        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "shared-config", "mountPath": SHARED_CONFIG_DIR, "readOnly": True},
+        {"name": "buffer", "mountPath": BUFFER_DIR},
+        {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - an emptyDir, private to the pod
+    ]
+    ref = spec.influxdb.token_secret_ref
+    if ref is not None:
+        # Only the one key is projected; 0440 with fsGroup lets the non-root agent read it and nobody else.
+        volumes.append(
+            {
+                "name": "influxdb-token",
+                "secret": {"secretName": ref.name, "items": [{"key": ref.key, "path": ref.key}], "defaultMode": 0o440},
+            }
+        )
+        mounts.append({"name": "influxdb-token", "mountPath": TOKEN_DIR, "readOnly": True})
+    for volume, host_path, mount_path in HOST_MOUNTS:
+        volumes.append({"name": volume, "hostPath": {"path": host_path, "type": "Directory"}})
+        mount: Obj = {"name": volume, "mountPath": mount_path, "readOnly": True}
+        if host_path == "/":
+            # Filesystems the node mounts after the agent started must show up for disk usage.
+            mount["mountPropagation"] = "HostToContainer"
+        mounts.append(mount)
+    return volumes, mounts
+
+
+def pod_template(name: str, spec: ObservatoryCollectorSpec, settings: Settings) -> Obj:
+    """The agent pod template, without the config-hash annotation (which is computed over it).
+
+    Security: the agent runs as a non-root uid with a read-only root filesystem, no capabilities,
+    no privilege escalation and the RuntimeDefault seccomp profile. Everything it reads on the host
+    (``/proc/stat``, ``/proc/meminfo``, ``/proc/<pid>/stat``, ``/sys/block``, statvfs of mounts) is
+    world-readable, so root buys nothing; per-process I/O counters of other users' processes are the
+    one thing it cannot see, and the processes collector reports without them. ``hostNetwork`` and
+    ``hostPID`` widen what the agent sees, not what it may do, and are set only when the network
+    or processes collector is enabled.
+    """
+    image = spec.image or settings.agent.image
+    volumes, mounts = _volumes(name, spec, settings)
+    port = DEFAULT_METRICS_PORT
+    container: Obj = {
+        "name": names.AGENT_CONTAINER,
+        "image": image,
+        "imagePullPolicy": spec.image_pull_policy or settings.agent.image_pull_policy,
+        "command": list(COMMAND),
+        "env": _env(),
+        "ports": [{"name": names.METRICS_PORT_NAME, "containerPort": port, "protocol": "TCP"}],
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": names.METRICS_PORT_NAME},
+            "periodSeconds": 10,
+            "timeoutSeconds": 2,
+            "failureThreshold": 3,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": names.METRICS_PORT_NAME},
+            # Generous: a liveness kill throws away the window in progress.
+            "initialDelaySeconds": 10,
+            "periodSeconds": 20,
+            "timeoutSeconds": 2,
+            "failureThreshold": 3,
+        },
+        "resources": _resources(spec, settings),
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": settings.agent.run_as_user,
+            "runAsGroup": settings.agent.run_as_user,
+            "readOnlyRootFilesystem": True,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": mounts,
+    }
+    pod_spec: Obj = {
+        # Agents never call the API server; a mounted token would only be something to steal.
+        "automountServiceAccountToken": False,
+        "containers": [container],
+        "securityContext": {
+            "runAsNonRoot": True,
+            "fsGroup": settings.agent.run_as_user,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        # Time for the agent to flush the window in progress to InfluxDB or its buffer.
+        "terminationGracePeriodSeconds": 30,
+        "volumes": volumes,
+    }
+    if needs_host_network(spec):
+        pod_spec["hostNetwork"] = True
+        # Keep cluster DNS (the InfluxDB Service name) resolvable from the host network namespace.
+        pod_spec["dnsPolicy"] = "ClusterFirstWithHostNet"
+    if needs_host_pid(spec):
+        pod_spec["hostPID"] = True
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        pod_spec["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in spec.tolerations]
+    if spec.affinity:
+        pod_spec["affinity"] = spec.affinity
+    if spec.priority_class_name:
+        pod_spec["priorityClassName"] = spec.priority_class_name
+    return {
+        "metadata": {"labels": names.pod_labels(name, _image_version(image))},
+        "spec": pod_spec,
+    }
+
+
+def daemonset(
+    name: str,
+    namespace: str,
+    spec: ObservatoryCollectorSpec,
+    template: Obj,
+    *,
+    config_hash: str,
+    labels: dict[str, str],
+) -> Obj:
+    """The agent DaemonSet: one pod per selected node, the config hash on its template."""
+    template = {
+        "metadata": {
+            **template["metadata"],
+            "annotations": {
+                names.CONFIG_HASH_ANNOTATION: config_hash,
+                "kubectl.kubernetes.io/default-container": names.AGENT_CONTAINER,
+            },
+        },
+        "spec": template["spec"],
+    }
+    ds_spec: Obj = {
+        "selector": {"matchLabels": dict(names.selector_labels(name))},
+        "template": template,
+    }
+    if spec.update_strategy is not None:
+        ds_spec["updateStrategy"] = spec.update_strategy.model_dump(by_alias=True, exclude_none=True, mode="json")
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": {"name": names.agent_daemonset(name), "namespace": namespace, "labels": dict(labels)},
+        "spec": ds_spec,
+    }
+
+
+def service(name: str, namespace: str, labels: dict[str, str]) -> Obj:
+    """A headless Service listing every agent's metrics endpoint (for Prometheus and for people)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": names.agent_service(name), "namespace": namespace, "labels": dict(labels)},
+        "spec": {
+            "clusterIP": "None",
+            # An agent that is not ready is exactly the one whose metrics someone wants to read.
+            "publishNotReadyAddresses": True,
+            "selector": dict(names.selector_labels(name)),
+            "ports": [
+                {
+                    "name": names.METRICS_PORT_NAME,
+                    "port": DEFAULT_METRICS_PORT,
+                    "targetPort": names.METRICS_PORT_NAME,
+                    "protocol": "TCP",
+                }
+            ],
+        },
+    }
+
+
+def servicemonitor(name: str, namespace: str, labels: dict[str, str]) -> Obj:
+    """A prometheus-operator ServiceMonitor for the agents' Service (only when that CRD is installed)."""
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "ServiceMonitor",
+        "metadata": {"name": names.agent_servicemonitor(name), "namespace": namespace, "labels": dict(labels)},
+        "spec": {
+            "selector": {"matchLabels": dict(names.selector_labels(name))},
+            "namespaceSelector": {"matchNames": [namespace]},
+            "endpoints": [{"port": names.METRICS_PORT_NAME, "path": "/metrics", "interval": "30s"}],
+        },
+    }

@@ -1,0 +1,26 @@
+"""Stable input hashes: one sha256 over everything that shapes an agent pod, so only real changes roll pods."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+
+def canonical_json(value: Any) -> str:
+    """Key-sorted, whitespace-free JSON: equal inputs give equal text whatever the dict order."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def config_hash(rendered_agent_config: str, pod_template: dict[str, Any]) -> str:
+    """sha256 hex of the rendered ``agent.json`` and the pod template (without the hash annotation itself).
+
+    The shared-config ConfigMap's content is deliberately not an input: agents reload it in place,
+    so an org-wide default changing must not restart every agent in the cluster.
+    """
+    digest = hashlib.sha256()
+    digest.update(b"agent.json\0")
+    digest.update(rendered_agent_config.encode())
+    digest.update(b"\0pod-template\0")
+    digest.update(canonical_json(pod_template).encode())
+    return digest.hexdigest()

@@ -1,0 +1,132 @@
+"""Names, labels and annotations of every object the operator creates: the one place they are decided."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Final
+
+from observatory_operator.api.models import GROUP
+
+MAX_NAME: Final = 63
+"""DNS-1123 label length: Service names and label values may not be longer."""
+
+NAME: Final = "app.kubernetes.io/name"
+INSTANCE: Final = "app.kubernetes.io/instance"
+COMPONENT: Final = "app.kubernetes.io/component"
+MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+PART_OF: Final = "app.kubernetes.io/part-of"
+VERSION: Final = "app.kubernetes.io/version"
+
+AGENT_APP: Final = "happy-observatory-agent"
+AGENT_COMPONENT: Final = "agent"
+OPERATOR: Final = "happy-observatory-operator"
+PRODUCT: Final = "happy-observatory"
+
+CONFIG_HASH_ANNOTATION: Final = f"{GROUP}/config-hash"
+"""On the pod template: a new value rolls the agents; nothing else in the operator's output does."""
+COLLECTOR_ANNOTATION: Final = f"{GROUP}/collector"
+"""The owning collector's full name, for when the instance label had to be shortened."""
+
+AGENT_CONTAINER: Final = "agent"
+METRICS_PORT_NAME: Final = "metrics"
+
+_INVALID = re.compile(r"[^a-z0-9-]+")
+
+
+def _digest(text: str, n: int = 8) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+def dns_label(*parts: str, max_length: int = MAX_NAME) -> str:
+    """A DNS-1123 label from ``parts`` joined by ``-``; shortened with a hash suffix so distinct inputs stay distinct.
+
+    Characters outside ``[a-z0-9-]`` become ``-``; a result that would start with a digit is
+    still valid DNS-1123 but not DNS-1035 (Service names), so such names get an ``o-`` prefix.
+    """
+    raw = "-".join(parts)
+    cleaned = _INVALID.sub("-", raw.lower()).strip("-") or "x"
+    if cleaned[0].isdigit():
+        cleaned = f"o-{cleaned}"
+    if cleaned == raw and len(cleaned) <= max_length:
+        return cleaned
+    # Anything rewritten gets a suffix of the original's hash: "a.b" and "a-b" must not collide.
+    suffix = _digest(raw)
+    head = cleaned[: max_length - len(suffix) - 1].rstrip("-")
+    return f"{head}-{suffix}"
+
+
+def label_value(value: str) -> str:
+    """A label value (≤ 63 characters of ``[A-Za-z0-9-_.]``) standing for ``value``, hashed when too long."""
+    if len(value) <= MAX_NAME and re.fullmatch(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?", value):
+        return value
+    cleaned = re.sub(r"[^A-Za-z0-9-_.]+", "-", value).strip("-_.")
+    suffix = _digest(value)
+    head = cleaned[: MAX_NAME - len(suffix) - 1].rstrip("-_.")
+    return f"{head}-{suffix}" if head else suffix
+
+
+def agent_daemonset(collector: str) -> str:
+    """The agent DaemonSet's name; also the prefix of its pods' names."""
+    return dns_label(collector, "agent")
+
+
+def agent_configmap(collector: str) -> str:
+    """The ConfigMap holding the rendered ``agent.json``."""
+    return dns_label(collector, "agent-config")
+
+
+def agent_service(collector: str) -> str:
+    """The headless Service in front of the agents' metrics port (a DNS-1035 label)."""
+    return dns_label(collector, "agent-metrics")
+
+
+def agent_servicemonitor(collector: str) -> str:
+    """The ServiceMonitor scraping the agents when the prometheus-operator CRD exists."""
+    return dns_label(collector, "agent")
+
+
+def selector_labels(collector: str) -> Mapping[str, str]:
+    """The DaemonSet's selector: small and frozen, because a selector is immutable once created.
+
+    Changing this set (or its values) forces every existing DaemonSet to be recreated.
+    """
+    return MappingProxyType({NAME: AGENT_APP, INSTANCE: label_value(collector)})
+
+
+def common_labels(collector: str) -> dict[str, str]:
+    """Labels on every child object: the selector labels plus ownership and product labels.
+
+    ``managed-by`` + ``instance`` + ``component`` is what pruning lists by.
+    """
+    return {
+        **selector_labels(collector),
+        COMPONENT: AGENT_COMPONENT,
+        MANAGED_BY: OPERATOR,
+        PART_OF: PRODUCT,
+    }
+
+
+def pod_labels(collector: str, version: str | None) -> dict[str, str]:
+    """Labels on agent pods: the common labels plus the image version when it is a readable tag."""
+    labels = common_labels(collector)
+    if version:
+        labels[VERSION] = label_value(version)
+    return labels
+
+
+def children_selector(collector: str) -> str:
+    """The label selector listing every child object of one collector (for pruning and observing)."""
+    labels = {
+        INSTANCE: label_value(collector),
+        COMPONENT: AGENT_COMPONENT,
+        MANAGED_BY: OPERATOR,
+    }
+    return ",".join(f"{k}={v}" for k, v in labels.items())
+
+
+def all_children_selector() -> str:
+    """The label selector of every object the operator manages, in any namespace."""
+    return f"{MANAGED_BY}={OPERATOR}"

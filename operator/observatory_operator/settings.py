@@ -1,0 +1,53 @@
+"""Operator settings: small frozen dataclasses grouped by concern, each field with its unit, default and why."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final
+
+DEFAULT_AGENT_IMAGE: Final = "ghcr.io/happy-patterns-org/happy-observatory:2.0.0"
+FIELD_MANAGER: Final = "happy-observatory-operator"
+
+
+@dataclass(frozen=True)
+class AgentDefaults:
+    """What an agent pod gets when the collector's spec is silent."""
+
+    image: str = DEFAULT_AGENT_IMAGE
+    """Agent image; the operator's own release, so agent and operator speak the same contract."""
+    image_pull_policy: str = "IfNotPresent"
+    """Tags are immutable releases; re-pulling on every start only adds registry load."""
+    cpu_request: str = "20m"
+    """An agent samples /proc every interval: a few millicores on an idle node."""
+    memory_request: str = "64Mi"
+    """Python runtime plus one window of samples."""
+    memory_limit: str = "128Mi"
+    """A leak is killed and restarted instead of squeezing the node's workloads."""
+    buffer_size_limit: str = "128Mi"
+    """emptyDir size limit of the on-disk write buffer (the agent caps itself at 64 MiB)."""
+    run_as_user: int = 65532
+    """The distroless 'nonroot' uid: agents read world-readable /proc and /sys files only."""
+
+
+@dataclass(frozen=True)
+class ReconcileSettings:
+    """How often and how hard the operator retries."""
+
+    resync_seconds: float = 10.0
+    """Timer period: status refresh and restoration of hand-edited children (restore within 30 s)."""
+    backoff_initial_seconds: float = 10.0
+    """First retry after a missing Secret/ConfigMap or a temporary API error."""
+    backoff_max_seconds: float = 300.0
+    """Retries never wait longer than this, so a fixed Secret is picked up within five minutes."""
+    probe_timeout_seconds: float = 2.0
+    """Per-agent /status request timeout; a slow agent must not stall the status of the others."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the pure builders and the reconciler need from the operator's configuration."""
+
+    agent: AgentDefaults = field(default_factory=AgentDefaults)
+    reconcile: ReconcileSettings = field(default_factory=ReconcileSettings)
+    field_manager: str = FIELD_MANAGER
+    """The single server-side-apply field manager: one owner for every field the operator sets."""
