@@ -1,0 +1,263 @@
+"""Line protocol escaping, the durable buffer, and how write failures are classified."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from influxdb_client.client.write.point import Point
+from influxdb_client.rest import ApiException
+
+from observatory_agent.contract import AggregatedMetric
+from observatory_agent.sinks import lineproto
+from observatory_agent.sinks.buffer import DurableBuffer
+from observatory_agent.sinks.influx import (
+    PermanentWriteError,
+    RetryableWriteError,
+    backoff_delay,
+    classify,
+    influx_message,
+)
+
+
+def _metric(name: str = "system.cpu.usage", tags: dict[str, str] | None = None, ts: float = 1_700_000_060.0):
+    return AggregatedMetric(
+        name=name,
+        tags=tags or {},
+        timestamp=ts,
+        window_start=ts - 60,
+        count=6,
+        sum=30.5,
+        mean=30.5 / 6,
+        min=1.0,
+        max=10.25,
+        last=3.0,
+        quantiles={"p50": 4.0, "p95": 9.5, "p99": 10.0, "p99.9": 10.2},
+    )
+
+
+def _scan(line: str, start: int, stops: str) -> int:
+    """InfluxDB's rule: a separator counts unless the character before it is a backslash."""
+    i = start
+    while i < len(line):
+        if line[i] in stops and (i == start or line[i - 1] != "\\"):
+            return i
+        i += 1
+    return i
+
+
+def _parse(line: str) -> tuple[str, list[tuple[str, str]], list[str], str]:
+    """A line split the way InfluxDB's parser splits it (numeric fields only)."""
+    end = _scan(line, 0, ", ")
+    measurement = line[:end]
+    tags: list[tuple[str, str]] = []
+    i = end
+    while line[i] == ",":
+        eq = _scan(line, i + 1, "=")
+        stop = _scan(line, eq + 1, ", ")
+        tags.append((line[i + 1 : eq], line[eq + 1 : stop]))
+        i = stop
+    assert line[i] == " "
+    fields_end = _scan(line, i + 1, " ")
+    fields = line[i + 1 : fields_end].split(",")
+    return measurement, tags, fields, line[fields_end + 1 :]
+
+
+def _unescape(text: str) -> str:
+    return text.replace("\\,", ",").replace("\\ ", " ").replace("\\=", "=")
+
+
+def test_aggregate_becomes_one_line_with_every_field_at_window_end() -> None:
+    line = lineproto.encode(_metric(tags={"host": "n1", "core": "0"}))
+    assert line == (
+        "system.cpu.usage,core=0,host=n1 count=6i,last=3,max=10.25,mean=5.083333333333333,min=1,"
+        "p50=4,p95=9.5,p99=10,p99.9=10.2,sum=30.5 1700000060000"
+    )
+
+
+text = st.text(alphabet=st.characters(codec="utf-8"), min_size=0, max_size=20)
+
+
+@settings(max_examples=400, deadline=None)
+@given(name=text.filter(bool), tags=st.dictionaries(text, text, max_size=5))
+def test_no_input_yields_an_extra_line_or_point(name: str, tags: dict[str, str]) -> None:
+    line = lineproto.encode(_metric(name, tags))
+    assert "\n" not in line
+    assert "\r" not in line
+    measurement, parsed_tags, fields, timestamp = _parse(line)
+    assert timestamp == "1700000060000"
+    assert sorted(f.split("=")[0] for f in fields) == sorted(
+        ["count", "last", "max", "mean", "min", "sum", "p50", "p95", "p99", "p99.9"]
+    )
+    assert len(parsed_tags) == len([k for k, v in tags.items() if k and v])
+    assert not measurement.startswith("#")
+    plain = set("\\\n\t\r")
+    if not plain & set(name) and not name.startswith("#"):
+        assert _unescape(measurement) == name
+    for (key, value), (want_key, want_value) in zip(
+        parsed_tags, sorted((k, v) for k, v in tags.items() if k and v), strict=True
+    ):
+        if not plain & set(want_key + want_value) and not want_key.startswith("_"):
+            assert (_unescape(key), _unescape(value)) == (want_key, want_value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=text.filter(bool), tags=st.dictionaries(text, text, max_size=5))
+def test_encoding_matches_influxdb_client_point_where_point_is_safe(name: str, tags: dict[str, str]) -> None:
+    assume(not name.startswith("#") and not name.endswith("\\"))
+    assume(all(not k.endswith("\\") and not k.startswith("_") for k in tags))
+    metric = _metric(name, tags)
+    point = Point(name).time(round(metric.timestamp * 1000), write_precision="ms")
+    for k, v in tags.items():
+        point.tag(k, v)
+    for k, v in {"count": 6, "sum": metric.sum, "mean": metric.mean, "min": 1.0, "max": 10.25, "last": 3.0}.items():
+        point.field(k, v)
+    for k, v in metric.quantiles.items():
+        point.field(k, v)
+    assert lineproto.encode(metric) == point.to_line_protocol()
+
+
+def test_tag_value_ending_in_backslash_cannot_swallow_the_separator() -> None:
+    line = lineproto.encode(_metric("m\\", {"k\\": "v\\"}))
+    _, tags, fields, _ = _parse(line)
+    assert len(tags) == 1
+    assert len(fields) == 10
+
+
+def test_reserved_and_empty_tags_are_made_safe() -> None:
+    line = lineproto.encode(_metric("#m", {"_field": "x", "": "y", "empty": ""}))
+    assert line.startswith("_m,tag_field=x ")
+
+
+# --- durable buffer ------------------------------------------------------------------------
+
+
+def test_buffer_replays_batches_in_order_after_reopen(tmp_path: Path) -> None:
+    buf = DurableBuffer(tmp_path, 1 << 20)
+    buf.append(["a 1", "b 2"])
+    buf.append(["c 3"])
+    buf.close()
+    reopened = DurableBuffer(tmp_path, 1 << 20)
+    assert reopened.points == 3
+    first = reopened.peek()
+    assert first is not None
+    assert first.lines == ("a 1", "b 2")
+    reopened.ack(first)
+    second = reopened.peek()
+    assert second is not None
+    assert second.lines == ("c 3",)
+    reopened.ack(second)
+    assert reopened.peek() is None
+    assert reopened.disk_bytes == 0
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_buffer_survives_sigkill(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from pathlib import Path
+        from observatory_agent.sinks.buffer import DurableBuffer
+        buf = DurableBuffer(Path({str(tmp_path)!r}), 1 << 20)
+        for i in range(5):
+            buf.append([f"m v={{i}} {{i}}"])
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], check=False)
+    assert proc.returncode == -9
+    buf = DurableBuffer(tmp_path, 1 << 20)
+    got = []
+    while (record := buf.peek()) is not None:
+        got.extend(record.lines)
+        buf.ack(record)
+    assert got == [f"m v={i} {i}" for i in range(5)]
+
+
+def test_torn_tail_record_is_ignored_and_earlier_ones_kept(tmp_path: Path) -> None:
+    buf = DurableBuffer(tmp_path, 1 << 20)
+    buf.append(["ok 1"])
+    buf.append(["torn 2"])
+    buf.close()
+    (segment,) = tmp_path.iterdir()
+    segment.write_bytes(segment.read_bytes()[:-3])  # a write cut short by a crash
+    reopened = DurableBuffer(tmp_path, 1 << 20)
+    record = reopened.peek()
+    assert record is not None
+    assert record.lines == ("ok 1",)
+    assert len(reopened) == 1
+    assert reopened.corrupt_records == 1
+
+
+def test_full_buffer_drops_oldest_and_counts_points(tmp_path: Path) -> None:
+    buf = DurableBuffer(tmp_path, 4096, segment_bytes=1024)
+    line = "x" * 200
+    for i in range(40):
+        buf.append([f"{i} {line}", f"{i} {line}"])
+    assert buf.disk_bytes <= 4096
+    assert buf.dropped_points > 0
+    assert buf.points + buf.dropped_points == 80
+    record = buf.peek()
+    assert record is not None
+    assert not record.lines[0].startswith("0 ")  # the oldest went first
+    newest = None
+    while (r := buf.peek()) is not None:
+        newest = r
+        buf.ack(r)
+    assert newest is not None
+    assert newest.lines[0].startswith("39 ")
+
+
+def test_batch_larger_than_the_whole_buffer_is_dropped_and_counted(tmp_path: Path) -> None:
+    buf = DurableBuffer(tmp_path, 4096)
+    assert buf.append(["y" * 5000]) == 1
+    assert buf.peek() is None
+
+
+def test_appends_after_a_fully_acked_segment_start_a_new_one(tmp_path: Path) -> None:
+    buf = DurableBuffer(tmp_path, 1 << 20)
+    buf.append(["a 1"])
+    r = buf.peek()
+    assert r is not None
+    buf.ack(r)
+    buf.append(["b 2"])
+    r2 = buf.peek()
+    assert r2 is not None
+    assert r2.lines == ("b 2",)
+
+
+# --- failures ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("status", "retryable"), [(429, True), (500, True), (503, True), (400, False), (401, False)])
+def test_http_status_decides_whether_a_write_is_retried(status: int, retryable: bool) -> None:
+    exc = ApiException(status=status, reason="x")
+    exc.body = b'{"code":"invalid","message":"partial write: field type conflict"}'
+    err = classify(exc)
+    assert isinstance(err, RetryableWriteError if retryable else PermanentWriteError)
+    assert "field type conflict" in str(err)
+
+
+def test_network_failures_are_retryable() -> None:
+    assert isinstance(classify(TimeoutError("read timed out")), RetryableWriteError)
+    assert isinstance(classify(ConnectionRefusedError(111, "refused")), RetryableWriteError)
+
+
+def test_influx_message_is_extracted_from_json_or_kept_as_text() -> None:
+    assert influx_message(b'{"code":"unauthorized","message":"unauthorized access"}') == "unauthorized access"
+    assert influx_message("plain text\n") == "plain text"
+
+
+def test_backoff_grows_exponentially_with_full_jitter_and_a_cap() -> None:
+    rng = random.Random(3)
+    for attempt in range(12):
+        bound = min(30.0, 0.5 * 2**attempt)
+        delays = [backoff_delay(attempt, base=0.5, cap=30.0, rng=rng) for _ in range(200)]
+        assert all(0.0 <= d <= bound for d in delays)
+        assert max(delays) > bound * 0.8  # jitter spreads over the whole range
