@@ -102,7 +102,12 @@ class Kube:
             conn.close()
         if not 200 <= resp.status < 300:
             raise ApiError(resp.status, resp.reason, raw)
-        return json.loads(raw) if raw else {}
+        if not raw:
+            return {}
+        try:
+            return dict(json.loads(raw))
+        except ValueError:  # /readyz, /healthz and friends answer in plain text
+            return {"text": raw}
 
     def get(self, path: str, **query: str) -> Obj:
         return self.request("GET", path, query=query or None)
