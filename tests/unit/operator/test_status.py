@@ -1,0 +1,398 @@
+"""Status funnel: coverage reasons, READY/REPORTING counts, phase and conditions, with a fixed clock."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from observatory_operator import status as st
+from observatory_operator.api.models import ObservatoryCollectorSpec
+
+NOW = datetime(2026, 11, 30, 12, 0, 0, tzinfo=UTC)
+T = NOW.timestamp()
+WINDOW = 60.0
+LONG_AGO = (NOW - timedelta(hours=1)).isoformat().replace("+00:00", "Z")
+JUST_NOW = (NOW - timedelta(seconds=5)).isoformat().replace("+00:00", "Z")
+
+
+def node(name: str, labels: dict[str, str] | None = None, taints: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "labels": {"kubernetes.io/os": "linux", **(labels or {})}},
+        "spec": {"taints": taints or []},
+    }
+
+
+GPU_TAINT = {"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}
+TAINTED = ("node-c", "NotTolerated", "dedicated=gpu:NoSchedule")
+NODES = [node("node-a"), node("node-b"), node("node-c", {"pool": "gpu"}, [GPU_TAINT])]
+
+
+def pod(
+    name: str,
+    on: str | None,
+    *,
+    ready: bool = True,
+    waiting: str | None = None,
+    restarts: int = 0,
+    started: str = LONG_AGO,
+    phase: str = "Running",
+) -> dict[str, Any]:
+    cs: dict[str, Any] = {"name": "agent", "ready": ready, "restartCount": restarts, "state": {}}
+    if waiting:
+        cs["state"] = {"waiting": {"reason": waiting}}
+    else:
+        cs["state"] = {"running": {}}
+    return {
+        "metadata": {"name": name},
+        "spec": {"nodeName": on} if on else {},
+        "status": {
+            "phase": phase,
+            "startTime": started,
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+            "containerStatuses": [cs],
+        },
+    }
+
+
+def ds(desired: int, ready: int, updated: int | None = None, *, host_network: bool = False) -> dict[str, Any]:
+    updated = desired if updated is None else updated
+    return {
+        "metadata": {"name": "nodes-agent", "generation": 2},
+        "spec": {"template": {"spec": {"hostNetwork": True} if host_network else {}}},
+        "status": {
+            "observedGeneration": 2,
+            "desiredNumberScheduled": desired,
+            "currentNumberScheduled": desired,
+            "updatedNumberScheduled": updated,
+            "numberReady": ready,
+        },
+    }
+
+
+def spec(**fields: Any) -> ObservatoryCollectorSpec:
+    return ObservatoryCollectorSpec.model_validate(fields)
+
+
+def wrote(ago: float, buffered: int = 0) -> st.AgentReport:
+    return st.AgentReport(last_successful_write=T - ago, buffered_points=buffered, ready=True)
+
+
+def compute(**kw: Any) -> st.Computed:
+    observed = st.Observed(
+        generation=kw.pop("generation", 3),
+        spec=kw.pop("spec", spec()),
+        outcome=kw.pop("outcome", st.Outcome.applied()),
+        window_seconds=kw.pop("window", WINDOW),
+        **kw,
+    )
+    return st.compute(observed, NOW)
+
+
+def cond(result: st.Computed, type_: str) -> dict[str, Any]:
+    (c,) = [c for c in result.status["conditions"] if c["type"] == type_]
+    return dict(c)
+
+
+CRASHING = pod("a-2", "node-b", ready=False, waiting="CrashLoopBackOff", restarts=3)
+TWO_READY = [pod("a-1", "node-a"), pod("a-2", "node-b")]
+BOTH_WROTE = {"a-1": wrote(10), "a-2": wrote(30)}
+
+
+# --- coverage -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("case", "collector", "pods", "expected"),
+    [
+        ("untolerated taint is named", spec(), TWO_READY, [("node-c", "NotTolerated", "dedicated=gpu:NoSchedule")]),
+        (
+            "a matching toleration covers the tainted node",
+            spec(tolerations=[{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}]),
+            [*TWO_READY, pod("a-3", "node-c")],
+            [],
+        ),
+        (
+            "an Exists toleration without key tolerates everything",
+            spec(tolerations=[{"operator": "Exists"}]),
+            [*TWO_READY, pod("a-3", "node-c")],
+            [],
+        ),
+        (
+            "a toleration for another effect does not help",
+            spec(tolerations=[{"key": "dedicated", "operator": "Exists", "effect": "NoExecute"}]),
+            TWO_READY,
+            [("node-c", "NotTolerated", "dedicated=gpu:NoSchedule")],
+        ),
+        (
+            "nodeSelector mismatch names the missing label",
+            spec(nodeSelector={"pool": "gpu"}, tolerations=[{"operator": "Exists"}]),
+            [pod("a-3", "node-c")],
+            [("node-a", "SelectorMismatch", "pool=gpu"), ("node-b", "SelectorMismatch", "pool=gpu")],
+        ),
+        (
+            "required node affinity mismatch",
+            spec(
+                affinity={
+                    "nodeAffinity": {
+                        "requiredDuringSchedulingIgnoredDuringExecution": {
+                            "nodeSelectorTerms": [
+                                {"matchExpressions": [{"key": "pool", "operator": "NotIn", "values": ["gpu"]}]},
+                                {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["node-a"]}]},
+                            ]
+                        }
+                    }
+                }
+            ),
+            TWO_READY,
+            [("node-c", "AffinityMismatch", "nodeAffinity")],
+        ),
+        (
+            "a node without a pod is pending",
+            spec(),
+            [pod("a-1", "node-a")],
+            [("node-b", "PodPending", "no agent pod"), TAINTED],
+        ),
+        (
+            "an unscheduled pod pinned by matchFields is pending",
+            spec(),
+            [
+                pod("a-1", "node-a"),
+                {
+                    "metadata": {"name": "a-2"},
+                    "spec": {
+                        "affinity": {
+                            "nodeAffinity": {
+                                "requiredDuringSchedulingIgnoredDuringExecution": {
+                                    "nodeSelectorTerms": [
+                                        {
+                                            "matchFields": [
+                                                {"key": "metadata.name", "operator": "In", "values": ["node-b"]}
+                                            ]
+                                        }
+                                    ]
+                                }
+                            }
+                        }
+                    },
+                    "status": {"phase": "Pending"},
+                },
+            ],
+            [("node-b", "PodPending", "not scheduled"), TAINTED],
+        ),
+        (
+            "a crash-looping agent is failing",
+            spec(),
+            [pod("a-1", "node-a"), pod("a-2", "node-b", ready=False, waiting="CrashLoopBackOff", restarts=4)],
+            [("node-b", "PodFailing", "CrashLoopBackOff"), TAINTED],
+        ),
+        (
+            "an image pull error is failing",
+            spec(),
+            [pod("a-1", "node-a"), pod("a-2", "node-b", ready=False, waiting="ImagePullBackOff")],
+            [("node-b", "PodFailing", "ImagePullBackOff"), TAINTED],
+        ),
+        (
+            "a creating container is pending",
+            spec(),
+            [pod("a-1", "node-a"), pod("a-2", "node-b", ready=False, waiting="ContainerCreating")],
+            [("node-b", "PodPending", "ContainerCreating"), TAINTED],
+        ),
+        (
+            "a failed pod is failing",
+            spec(),
+            [pod("a-1", "node-a"), pod("a-2", "node-b", ready=False, phase="Failed")],
+            [("node-b", "PodFailing", "failed"), TAINTED],
+        ),
+    ],
+)
+def test_uncovered_nodes_name_their_reason(
+    case: str, collector: ObservatoryCollectorSpec, pods: list[dict[str, Any]], expected: list[tuple[str, str, str]]
+) -> None:
+    uncovered, _ = st.coverage(collector, NODES, pods, host_network=False)
+    got = [(u.node, u.reason, u.message) for u in uncovered]
+    assert [(n, r) for n, r, _ in got] == [(n, r) for n, r, _ in expected], case
+    for (_, _, message), (_, _, fragment) in zip(got, expected, strict=True):
+        assert fragment in message, case
+
+
+def test_daemonset_default_tolerations_do_not_make_nodes_uncovered() -> None:
+    unschedulable = node("node-x", taints=[{"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}])
+    uncovered, covered = st.coverage(spec(), [unschedulable], [pod("a-1", "node-x")], host_network=False)
+    assert uncovered == []
+    assert list(covered) == ["node-x"]
+
+
+def test_prefer_no_schedule_taints_never_uncover_a_node() -> None:
+    soft = node("node-x", taints=[{"key": "spot", "value": "true", "effect": "PreferNoSchedule"}])
+    uncovered, _ = st.coverage(spec(), [soft], [pod("a-1", "node-x")], host_network=False)
+    assert uncovered == []
+
+
+# --- counts, phase, conditions ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("case", "kw", "phase", "ready", "reporting", "flowing"),
+    [
+        ("all ready and writing", {"daemonset": ds(2, 2), "pods": TWO_READY, "reports": BOTH_WROTE}, "Ready", "2/2",
+         "2/2", "True"),
+        (
+            "one agent stopped writing",
+            {"daemonset": ds(2, 2), "pods": TWO_READY, "reports": {"a-1": wrote(10), "a-2": wrote(300, 42)}},
+            "Degraded", "2/2", "1/2", "False",
+        ),
+        (
+            "an unreachable old agent is not reporting",
+            {"daemonset": ds(2, 2), "pods": TWO_READY, "reports": {"a-1": wrote(10), "a-2": None}},
+            "Degraded", "2/2", "1/2", "False",
+        ),
+        (
+            "young agents without a write are waiting, not failing",
+            {
+                "daemonset": ds(2, 2),
+                "pods": [pod("a-1", "node-a", started=JUST_NOW), pod("a-2", "node-b", started=JUST_NOW)],
+                "reports": {"a-1": st.AgentReport(ready=True), "a-2": None},
+            },
+            "Ready", "2/2", "0/2", "Unknown",
+        ),
+        (
+            "a rollout in progress",
+            {"daemonset": ds(2, 1, updated=1), "pods": [pod("a-1", "node-a")], "reports": {"a-1": wrote(5)}},
+            "Progressing", "1/2", "1/2", "False",
+        ),
+        (
+            "a crash-looping agent degrades",
+            {
+                "daemonset": ds(2, 1),
+                "pods": [pod("a-1", "node-a"), CRASHING],
+                "reports": {"a-1": wrote(5)},
+            },
+            "Degraded", "1/2", "1/2", "False",
+        ),
+        ("no DaemonSet yet", {}, "Pending", "0/0", "0/0", "Unknown"),
+        ("no node selected", {"daemonset": ds(0, 0)}, "Pending", "0/0", "0/0", "Unknown"),
+        (
+            "a missing Secret fails",
+            {"outcome": st.Outcome(ok=False, reason="SecretNotFound", message="Secret influxdb-auth not found")},
+            "Failed", "0/0", "0/0", "Unknown",
+        ),
+        (
+            "paused says so",
+            {"spec": spec(paused=True), "daemonset": ds(2, 2), "pods": TWO_READY, "reports": BOTH_WROTE},
+            "Paused", "2/2", "2/2", "True",
+        ),
+    ],
+)  # fmt: skip
+def test_phase_counts_and_data_flow(
+    case: str, kw: dict[str, Any], phase: str, ready: str, reporting: str, flowing: str
+) -> None:
+    result = compute(nodes=NODES[:2], **kw)
+    assert result.status["phase"] == phase, case
+    assert result.status["ready"] == ready, case
+    assert result.status["reporting"] == reporting, case
+    assert cond(result, "DataFlowing")["status"] == flowing, case
+
+
+def test_last_write_is_the_newest_and_buffered_points_add_up() -> None:
+    result = compute(
+        daemonset=ds(2, 2), pods=TWO_READY, nodes=NODES[:2], reports={"a-1": wrote(10, 5), "a-2": wrote(400, 37)}
+    )
+    assert result.status["lastWrite"] == "2026-11-30T11:59:50Z"
+    assert result.status["bufferedPoints"] == 42
+
+
+def test_not_reporting_message_names_the_node_and_its_buffer() -> None:
+    result = compute(daemonset=ds(2, 2), pods=TWO_READY, reports={"a-1": wrote(10), "a-2": wrote(600, 120)})
+    message = cond(result, "DataFlowing")["message"]
+    assert "node-b" in message
+    assert "120 points buffered" in message
+    assert "last write 10m ago" in message
+
+
+def test_reporting_horizon_is_two_windows() -> None:
+    inside = compute(daemonset=ds(1, 1), pods=[pod("a-1", "node-a")], reports={"a-1": wrote(119)}, window=60)
+    outside = compute(daemonset=ds(1, 1), pods=[pod("a-1", "node-a")], reports={"a-1": wrote(121)}, window=60)
+    assert inside.status["reportingAgents"] == 1
+    assert outside.status["reportingAgents"] == 0
+
+
+def test_condition_keeps_last_transition_time_while_status_holds() -> None:
+    earlier = "2026-11-30T10:00:00Z"
+    previous = [
+        {"type": "Ready", "status": "True", "lastTransitionTime": earlier},
+        {"type": "DataFlowing", "status": "True", "lastTransitionTime": earlier},
+        {"type": "Reconciled", "status": "False", "lastTransitionTime": earlier},
+    ]
+    result = compute(
+        daemonset=ds(2, 2), pods=TWO_READY, reports={"a-1": wrote(10), "a-2": wrote(600)}, previous_conditions=previous
+    )
+    assert cond(result, "Ready")["lastTransitionTime"] == earlier
+    assert cond(result, "DataFlowing")["lastTransitionTime"] == "2026-11-30T12:00:00Z"
+    assert cond(result, "Reconciled")["lastTransitionTime"] == "2026-11-30T12:00:00Z"
+    assert {t.type for t in result.transitions} == {"DataFlowing", "Reconciled"}
+
+
+def test_no_transitions_when_nothing_changed() -> None:
+    first = compute(daemonset=ds(2, 2), pods=TWO_READY, reports=BOTH_WROTE)
+    again = compute(
+        daemonset=ds(2, 2), pods=TWO_READY, reports=BOTH_WROTE, previous_conditions=first.status["conditions"]
+    )
+    assert again.transitions == []
+    assert again.status == first.status
+
+
+def test_conditions_carry_the_observed_generation() -> None:
+    result = compute(generation=7, daemonset=ds(2, 2), pods=TWO_READY, reports=BOTH_WROTE)
+    assert result.status["observedGeneration"] == 7
+    assert {c["observedGeneration"] for c in result.status["conditions"]} == {7}
+
+
+def test_failed_reconcile_names_the_cause() -> None:
+    outcome = st.Outcome(ok=False, reason="SecretNotFound", message="Secret influxdb-auth (key token) not found")
+    result = compute(outcome=outcome)
+    reconciled = cond(result, "Reconciled")
+    assert reconciled["status"] == "False"
+    assert reconciled["reason"] == "SecretNotFound"
+    assert "influxdb-auth" in reconciled["message"]
+
+
+def test_paused_reconciled_condition_says_paused() -> None:
+    result = compute(spec=spec(paused=True))
+    assert cond(result, "Reconciled")["reason"] == "Paused"
+
+
+def test_status_has_explicit_nulls_so_a_merge_patch_clears_them() -> None:
+    result = compute()
+    assert "lastWrite" in result.status
+    assert result.status["lastWrite"] is None
+
+
+def test_terminating_pods_neither_cover_nor_report() -> None:
+    old = pod("a-1", "node-a")
+    old["metadata"]["deletionTimestamp"] = JUST_NOW
+    result = compute(daemonset=ds(1, 0), pods=[old], nodes=[node("node-a")], reports={"a-1": wrote(5)})
+    assert result.status["reportingAgents"] == 0
+    assert [u["node"] for u in result.status["uncoveredNodes"]] == ["node-a"]
+
+
+@pytest.mark.parametrize(
+    ("collector", "shared", "expected"),
+    [
+        (spec(interval="10s", window="2m"), {"observatory_aggregation_window": "5m"}, 120.0),
+        (spec(), {"observatory_aggregation_window": "5m"}, 300.0),
+        (spec(), {"observatory_aggregation_window": "nonsense"}, 60.0),
+        (spec(), None, 60.0),
+    ],
+)
+def test_effective_window_follows_spec_then_shared_config_then_default(
+    collector: ObservatoryCollectorSpec, shared: dict[str, str] | None, expected: float
+) -> None:
+    assert st.effective_window(collector, shared) == expected
+
+
+def test_agent_report_parse_is_tolerant() -> None:
+    report = st.AgentReport.from_json({"last_successful_write": None, "buffered_points": "x", "extra": 1})
+    assert report == st.AgentReport()
+    assert st.AgentReport.from_json({"last_successful_write": 12.5, "buffered_points": 3}).buffered_points == 3
