@@ -1,0 +1,185 @@
+"""Project-image pods really run as local processes: env, volumes, readiness, updates, crashes, deletion."""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+import urllib.request
+
+import pytest
+from tests.env.controlplane import ControlPlane
+from tests.env.fixtures import Nodes, wait_until
+from tests.env.kube import Obj
+from tests.env.nodesim import PROJECT_IMAGE
+
+pytestmark = pytest.mark.integration
+
+IMAGE = f"{PROJECT_IMAGE}:test"
+
+# Served from a ConfigMap, run by the venv's python: prints its resolved env, then serves the
+# mounted settings file on the pod IP (the readiness probe hits it).
+SERVER = textwrap.dedent(
+    """
+    import http.server, json, os, pathlib, signal, sys
+    signal.signal(signal.SIGTERM, lambda *_: (print("got SIGTERM", flush=True), sys.exit(0)))
+    keys = ["POD_NAME", "POD_NAMESPACE", "NODE_NAME", "POD_IP", "HOST_IP", "GREETING", "MODE", "CONFIG"]
+    print("env " + json.dumps({k: os.environ.get(k) for k in keys}), flush=True)
+    print("argv " + json.dumps(sys.argv), flush=True)
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = pathlib.Path(os.environ["CONFIG"]).read_bytes()
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body)
+        def log_message(self, *args):
+            pass
+    http.server.HTTPServer((os.environ["POD_IP"], 8080), Handler).serve_forever()
+    """
+)
+
+
+def deployment(name: str, containers: list[Obj], volumes: list[Obj] | None = None) -> Obj:
+    labels = {"app": name}
+    return {
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "containers": containers,
+                    "volumes": volumes or [],
+                    "terminationGracePeriodSeconds": 5,
+                },
+            },
+        },
+    }
+
+
+def only_pod(control_plane: ControlPlane, namespace: str, app: str) -> Obj:
+    pods, _ = control_plane.kube.list(f"/api/v1/namespaces/{namespace}/pods", labelSelector=f"app={app}")
+    live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+    assert len(live) == 1, [p["metadata"]["name"] for p in pods]
+    return live[0]
+
+
+def get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=2) as resp:
+        return bytes(resp.read())
+
+
+def test_project_pod_runs_with_env_volumes_readiness_and_config_updates(
+    control_plane: ControlPlane, nodes: Nodes, namespace: str
+) -> None:
+    kube = control_plane.kube
+    ns_path = f"/api/v1/namespaces/{namespace}"
+    kube.create(
+        f"{ns_path}/configmaps",
+        {"metadata": {"name": "demo"}, "data": {"server.py": SERVER, "settings.json": '{"v": 1}'}},
+    )
+    kube.create(f"{ns_path}/secrets", {"metadata": {"name": "demo"}, "stringData": {"greeting": "hello"}})
+    container = {
+        "name": "server",
+        "image": IMAGE,
+        "command": ["python"],
+        "args": ["/etc/demo/server.py", "--config=/etc/demo/settings.json", "$(MODE)"],
+        "env": [
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": "HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}},
+            {"name": "GREETING", "valueFrom": {"secretKeyRef": {"name": "demo", "key": "greeting"}}},
+            {"name": "MODE", "value": "serve"},
+            {"name": "CONFIG", "value": "/etc/demo/settings.json"},
+        ],
+        "ports": [{"name": "http", "containerPort": 8080}],
+        "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
+        "volumeMounts": [{"name": "demo", "mountPath": "/etc/demo", "readOnly": True}],
+    }
+    kube.create(
+        f"/apis/apps/v1/namespaces/{namespace}/deployments",
+        deployment("demo", [container], [{"name": "demo", "configMap": {"name": "demo"}}]),
+    )
+    dep_path = f"/apis/apps/v1/namespaces/{namespace}/deployments/demo"
+    wait_until(lambda: kube.get(dep_path)["status"].get("readyReplicas") == 1, what="the demo pod Ready")
+
+    pod = only_pod(control_plane, namespace, "demo")
+    name, node, pod_ip = pod["metadata"]["name"], pod["spec"]["nodeName"], pod["status"]["podIP"]
+    host_ip = next(n.ip for n in nodes.all if n.name == node)
+    log = nodes.pod_log(namespace, name, "server")
+    lines = wait_until(lambda: log.exists() and log.read_text().count("\n") >= 2 and log.read_text().splitlines())
+    env = json.loads(next(x for x in lines if x.startswith("env "))[4:])
+    assert env == {
+        "POD_NAME": name,
+        "POD_NAMESPACE": namespace,
+        "NODE_NAME": node,
+        "POD_IP": pod_ip,
+        "HOST_IP": host_ip,
+        "GREETING": "hello",
+        "MODE": "serve",
+        "CONFIG": env["CONFIG"],
+    }
+    # The mount-path rewrite: container paths in args and env point into the materialised volume.
+    worker = nodes.simulator.worker(namespace, name)
+    assert worker is not None
+    volume = worker.dir / "volumes" / "demo"
+    assert env["CONFIG"] == f"{volume}/settings.json"
+    argv = json.loads(next(x for x in lines if x.startswith("argv "))[5:])
+    assert argv == [f"{volume}/server.py", f"--config={volume}/settings.json", "serve"]
+    assert os.readlink(volume / "settings.json") == "..data/settings.json"
+    assert json.loads(get(f"http://{pod_ip}:8080/")) == {"v": 1}
+
+    # A ConfigMap change reaches the running process through the ..data swap, without a restart.
+    before = os.readlink(volume / "..data")
+    kube.patch(f"{ns_path}/configmaps/demo", {"data": {"settings.json": '{"v": 2}'}})
+    wait_until(lambda: json.loads(get(f"http://{pod_ip}:8080/")) == {"v": 2}, what="the updated settings served")
+    assert os.readlink(volume / "..data") != before
+    pid = worker.pid("server")
+    assert pid is not None
+    assert only_pod(control_plane, namespace, "demo")["status"]["containerStatuses"][0]["restartCount"] == 0
+
+    # Deleting the pod stops its process (SIGTERM first) and completes the deletion like a kubelet.
+    kube.delete(f"{ns_path}/pods/{name}")
+    wait_until(lambda: not kube.exists(f"{ns_path}/pods/{name}"), what="the pod deleted")
+    wait_until(lambda: not os.path.exists(f"/proc/{pid}"), what="the process gone", timeout=10)
+    assert "got SIGTERM" in log.read_text()
+    wait_until(lambda: kube.get(dep_path)["status"].get("readyReplicas") == 1, what="the replacement Ready")
+
+
+def test_project_commands_run_and_crashes_count_restarts(
+    control_plane: ControlPlane, nodes: Nodes, namespace: str
+) -> None:
+    kube = control_plane.kube
+    containers = [
+        # One of the project's own console scripts, resolved from .venv/bin. It exits (with its
+        # help, or an error while unwritten) and is restarted: either way it ran as a process.
+        {"name": "agent", "image": IMAGE, "command": ["observatory-agent"], "args": ["--help"]},
+        {
+            "name": "crasher",
+            "image": IMAGE,
+            "command": ["python", "-c", "import sys; print('crashing on purpose', flush=True); sys.exit(3)"],
+        },
+    ]
+    kube.create(f"/apis/apps/v1/namespaces/{namespace}/deployments", deployment("crashy", containers))
+
+    def statuses() -> dict[str, Obj] | None:
+        pods, _ = kube.list(f"/api/v1/namespaces/{namespace}/pods", labelSelector="app=crashy")
+        if len(pods) != 1:
+            return None
+        got = {c["name"]: c for c in pods[0]["status"].get("containerStatuses") or []}
+        return got if all(c.get("restartCount", 0) >= 2 for c in got.values()) and len(got) == 2 else None
+
+    got = wait_until(statuses, timeout=60, what="both containers restarted twice")
+    crasher = got["crasher"]
+    assert crasher["lastState"]["terminated"]["exitCode"] == 3
+    assert crasher["ready"] is False or "running" in crasher["state"]
+    pod = only_pod(control_plane, namespace, "crashy")
+    name = pod["metadata"]["name"]
+    crash_log = nodes.pod_log(namespace, name, "crasher").read_text()
+    assert crash_log.count("crashing on purpose") >= 3
+    agent_log = nodes.pod_log(namespace, name, "agent").read_text()
+    assert "observatory" in agent_log.lower()
+    assert "lastState" in got["agent"]
