@@ -1,0 +1,67 @@
+"""Benchmark session: collects each benchmark's rows and prints them as one table at the end.
+
+Benchmarks run with `make bench`, never with `make test`. Each row names the measurement,
+ours, the peer measured in the same run, the ratio and the target, and whether it was met.
+The table is also written to `.bench/results.md` for the README and the closing note.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Row:
+    name: str
+    ours: str
+    peer: str
+    ratio: str
+    target: str
+    met: bool
+
+
+@dataclass
+class Report:
+    rows: list[Row] = field(default_factory=list)
+
+    def add(self, name: str, *, ours: str, peer: str = "—", ratio: str = "—", target: str, met: bool) -> None:
+        self.rows.append(Row(name, ours, peer, ratio, target, met))
+
+    def markdown(self) -> str:
+        lines = [
+            "| benchmark | ours | peer (same run) | ratio | target | met |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r.name} | {r.ours} | {r.peer} | {r.ratio} | {r.target} | {'yes' if r.met else 'NO'} |"
+            for r in self.rows
+        ]
+        return "\n".join(lines)
+
+
+_REPORT = Report()
+
+
+@pytest.fixture(scope="session")
+def report() -> Iterator[Report]:
+    yield _REPORT
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not _REPORT.rows:
+        return
+    text = _REPORT.markdown()
+    out = ROOT / ".bench"
+    out.mkdir(exist_ok=True)
+    (out / "results.md").write_text(text + "\n")
+    terminalreporter.write_line("")
+    for line in text.splitlines():
+        terminalreporter.write_line(line)
+    terminalreporter.write_line(f"(written to {out / 'results.md'})")
