@@ -1,0 +1,1 @@
+"""The cluster roll-up processor: merges agents' window partials (a later issue)."""
