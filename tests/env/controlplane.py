@@ -284,7 +284,7 @@ class ControlPlane:
         if self._api_client is None:
             from kubernetes import config
 
-            self._api_client = config.new_client_from_config(config_file=str(self.kubeconfig))
+            self._api_client = config.new_client_from_config(config_file=str(self.kubeconfig))  # type: ignore[no-untyped-call]
         return self._api_client
 
     @property

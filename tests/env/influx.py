@@ -134,7 +134,7 @@ class InfluxDB:
 
     def client(self) -> Any:
         """An ``influxdb_client.InfluxDBClient`` for this database (the caller closes it)."""
-        from influxdb_client import InfluxDBClient
+        from influxdb_client.client.influxdb_client import InfluxDBClient
 
         return InfluxDBClient(url=self.url, token=self.token, org=self.org)
 

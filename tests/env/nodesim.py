@@ -35,7 +35,8 @@ Readiness follows the readinessProbe (httpGet, tcpSocket, exec; against the pod 
 its thresholds; probe periods are capped at ``max_probe_period`` so tests do not wait out
 10 s defaults. A livenessProbe that fails its threshold restarts the container. A process
 that exits is restarted per restartPolicy with exponential backoff (CrashLoopBackOff while
-waiting), counting restartCount. Output goes to ``<logs>/pods/<ns>_<pod>_<container>.log``.
+waiting), counting restartCount. Output goes to ``<logs>/pods/<ns>_<pod>_<container>.log``
+(stdout and stderr, appended across restarts; each start adds one ``=== HH:MM:SS start: argv`` line).
 
 Containers of any other image get status only: running and ready as soon as the pod is
 bound (their probes are not run: there is nothing to probe).
@@ -548,7 +549,7 @@ class PodWorker:
         }
         if path not in values:
             raise NotReadyError("CreateContainerConfigError", f"unsupported fieldPath {path!r}")
-        return values[path]
+        return str(values[path])
 
     def _resource(self, ref: Obj, container: Obj | None) -> str:
         if container is None:
@@ -793,7 +794,7 @@ class PodWorker:
                 headers = {x["name"]: x["value"] for x in h.get("httpHeaders") or []}
                 req = urllib.request.Request(url, headers={"User-Agent": "kube-probe/1.34", **headers})
                 with urllib.request.urlopen(req, timeout=timeout) as resp:
-                    return 200 <= resp.status < 400
+                    return bool(200 <= resp.status < 400)
             if "tcpSocket" in probe or "grpc" in probe:
                 t = probe.get("tcpSocket") or probe["grpc"]
                 with socket.create_connection(

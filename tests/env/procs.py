@@ -57,7 +57,7 @@ class Process:
     def __init__(
         self,
         name: str,
-        argv: Sequence[str],
+        argv: Sequence[str | Path],
         *,
         log: Path,
         env: Mapping[str, str] | None = None,
