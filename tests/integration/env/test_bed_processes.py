@@ -183,3 +183,51 @@ def test_project_commands_run_and_crashes_count_restarts(
     agent_log = nodes.pod_log(namespace, name, "agent").read_text()
     assert "observatory" in agent_log.lower()
     assert "lastState" in got["agent"]
+
+
+def test_init_containers_run_first_and_readiness_gates_ready(
+    control_plane: ControlPlane, nodes: Nodes, namespace: str
+) -> None:
+    kube = control_plane.kube
+    ns_path = f"/api/v1/namespaces/{namespace}"
+    pod = {
+        "metadata": {"name": "gated"},
+        "spec": {
+            "initContainers": [
+                {
+                    "name": "prepare",
+                    "image": IMAGE,
+                    "command": ["python", "-c", "import pathlib; pathlib.Path('/work/ready').write_text('yes')"],
+                    "volumeMounts": [{"name": "work", "mountPath": "/work"}],
+                }
+            ],
+            "containers": [
+                {
+                    "name": "main",
+                    "image": IMAGE,
+                    "command": [
+                        "python",
+                        "-c",
+                        "import pathlib, time; print(pathlib.Path('/work/ready').read_text()); time.sleep(600)",
+                    ],
+                    "volumeMounts": [{"name": "work", "mountPath": "/work"}],
+                    # Nothing listens on this port: the container runs but never becomes Ready.
+                    "readinessProbe": {"tcpSocket": {"port": 9}, "periodSeconds": 1},
+                }
+            ],
+            "volumes": [{"name": "work", "emptyDir": {}}],
+            "terminationGracePeriodSeconds": 2,
+        },
+    }
+    kube.create(f"{ns_path}/pods", pod)
+    log = nodes.pod_log(namespace, "gated", "main")
+    wait_until(lambda: log.exists() and "yes" in log.read_text(), what="main saw the init container's file")
+    wait_until(lambda: kube.get(f"{ns_path}/pods/gated")["status"]["phase"] == "Running", what="Running")
+    status = kube.get(f"{ns_path}/pods/gated")["status"]
+    (init,) = status["initContainerStatuses"]
+    assert init["state"]["terminated"]["exitCode"] == 0
+    conds = {c["type"]: c["status"] for c in status["conditions"]}
+    assert conds["Initialized"] == "True"
+    assert conds["Ready"] == "False"
+    assert status["containerStatuses"][0]["ready"] is False
+    assert "running" in status["containerStatuses"][0]["state"]
