@@ -1,0 +1,145 @@
+"""``observatory-operator``: runs the kopf operator with deliberate settings.
+
+Settings and why:
+
+- **Namespaces**: ``--namespace NS`` (repeatable) watches only those namespaces (a Role per
+  namespace is enough, except for Nodes, which status needs cluster-wide read access to);
+  ``--all-namespaces`` watches the whole cluster. One of them must be given: watching
+  everything by accident is how an operator in a test namespace fights production.
+- **Liveness**: ``--liveness http://0.0.0.0:8080/healthz`` (the default) is kopf's probe
+  endpoint; it answers only while the operator's watch streams are alive.
+- **Events**: posted for condition transitions (Warning when a condition turns False),
+  for restored/recreated/pruned children and for rejected specs. kopf's own per-handler
+  log events are off: a 10 s resync would otherwise post an Event every 10 s per collector.
+- **Finalizers**: none. Children are owned (controller references) and the garbage collector
+  deletes them; the periodic resync is our own loop, not ``@kopf.timer``, because kopf puts a
+  finalizer on every object that has a timer and collectors must stay deletable while the
+  operator is down.
+- **More than one replica**: the default is ``--standalone``, for the chart's single replica.
+  With ``--peering NAME`` replicas use kopf peering (the KopfPeering CRDs from kopf's
+  ``peering.yaml`` must be installed): the replica with the highest ``--priority`` works, the
+  others pause until its heartbeat stops, so there is one writer at a time. Give replicas
+  distinct priorities (the default derives one from the pod name) — kopf does not pause on ties.
+- **Persistence**: kopf's bookkeeping goes to annotations under our own group, not to
+  ``status``, which belongs to the status funnel alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import kopf
+
+from observatory_operator import __version__
+from observatory_operator.api.models import GROUP
+from observatory_operator.handlers import collector
+from observatory_operator.handlers.runtime import Runtime
+from observatory_operator.kube.client import Kube
+from observatory_operator.settings import AgentDefaults, ReconcileSettings, Settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="observatory-operator", description="happy-observatory's Kubernetes operator.")
+    scope = p.add_mutually_exclusive_group(required=True)
+    scope.add_argument("-n", "--namespace", action="append", help="Watch this namespace (repeatable).")
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="Watch every namespace.")
+    p.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="kopf liveness endpoint URL.")
+    p.add_argument("--peering", metavar="NAME", help="Use kopf peering under NAME (for more than one replica).")
+    p.add_argument("--priority", type=int, help="Peering priority; default derived from POD_NAME/HOSTNAME.")
+    p.add_argument(
+        "--agent-image",
+        default=os.environ.get("OBSERVATORY_AGENT_IMAGE", AgentDefaults.image),
+        help="Agent image when a collector does not set spec.image.",
+    )
+    p.add_argument(
+        "--resync-seconds",
+        type=float,
+        default=float(os.environ.get("OBSERVATORY_RESYNC_SECONDS", ReconcileSettings.resync_seconds)),
+        help="Status refresh and drift-restore period.",
+    )
+    p.add_argument("--log-format", choices=["plain", "json"], default="json", help="Log line format.")
+    p.add_argument("-v", "--verbose", action="store_true", help="Debug logging.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return p
+
+
+def _default_priority() -> int:
+    """Distinct per pod (kopf does not pause replicas of equal priority), stable across restarts of the same pod."""
+    ident = os.environ.get("POD_NAME") or os.environ.get("HOSTNAME") or str(os.getpid())
+    return int(hashlib.sha256(ident.encode()).hexdigest()[:6], 16) % 10_000 + 1
+
+
+def build_registry(settings: Settings, *, peering: str | None, all_namespaces: bool) -> kopf.OperatorRegistry:
+    """The handlers this operator runs, in a registry of its own (not kopf's import-time global one)."""
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # The same configuration the operator's own client loads: in-cluster, else KUBECONFIG.
+        info: kopf.ConnectionInfo | None = kopf.login_via_client(**kwargs)
+        return info
+
+    @kopf.on.startup(registry=registry)
+    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.posting.enabled = True
+        settings.posting.loggers = False
+        settings.posting.reporting_component = "happy-observatory-operator"
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix=GROUP, key="last-handled-configuration"
+        )
+        settings.peering.clusterwide = all_namespaces
+        settings.peering.mandatory = peering is not None
+        # kopf's retry of a failed spec-change handler; the resync loop retries in between anyway.
+        settings.execution.max_workers = 16
+        settings.watching.server_timeout = 300
+        settings.watching.client_timeout = 330
+
+    collector.register(registry)
+    return registry
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point; returns the process exit code."""
+    args = _parser().parse_args(argv)
+    kopf.configure(
+        verbose=args.verbose,
+        log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.PLAIN,
+    )
+    settings = Settings(
+        agent=AgentDefaults(image=args.agent_image),
+        reconcile=ReconcileSettings(resync_seconds=args.resync_seconds),
+    )
+    kube = Kube.from_environment(field_manager=settings.field_manager)
+    runtime = Runtime(kube=kube, settings=settings)
+    registry = build_registry(settings, peering=args.peering, all_namespaces=args.all_namespaces)
+    logging.getLogger("observatory_operator").info(
+        "starting %s, namespaces=%s", __version__, "ALL" if args.all_namespaces else ",".join(args.namespace)
+    )
+    try:
+        asyncio.run(
+            kopf.operator(
+                registry=registry,
+                memo=kopf.Memo(runtime=runtime),
+                clusterwide=args.all_namespaces,
+                namespaces=args.namespace or (),
+                standalone=args.peering is None,
+                peering_name=args.peering,
+                priority=args.priority if args.priority is not None else _default_priority(),
+                liveness_endpoint=args.liveness or None,
+            )
+        )
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

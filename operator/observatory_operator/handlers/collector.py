@@ -1,0 +1,269 @@
+"""ObservatoryCollector handlers: a spec change or a resync runs one round of build → apply → observe → status."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final, cast
+
+import kopf
+from pydantic import ValidationError
+
+from observatory_operator import status
+from observatory_operator.api.models import API_VERSION, GROUP, VERSION, ObservatoryCollector
+from observatory_operator.build import Built, Owner, build_collector, names
+from observatory_operator.handlers.runtime import Key, Runtime
+from observatory_operator.kube import errors, probe, reconcile
+from observatory_operator.kube.client import path_for
+
+PLURAL: Final = "observatorycollectors"
+KIND: Final = "ObservatoryCollector"
+PRUNE_EVERY: Final = 6
+"""Resync rounds between prune passes (a prune lists every child kind; spec changes always prune)."""
+
+log = logging.getLogger("observatory_operator.collector")
+
+
+def _key(body: Mapping[str, Any]) -> Key:
+    meta = body["metadata"]
+    return str(meta["namespace"]), str(meta["name"])
+
+
+def _parse(body: Mapping[str, Any]) -> tuple[ObservatoryCollector | None, status.Outcome | None]:
+    """The typed resource, or the outcome that says why the spec is unusable."""
+    raw = {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body}
+    try:
+        return ObservatoryCollector.model_validate(raw), None
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        return None, status.Outcome(ok=False, reason="InvalidSpec", message=f"{where}: {err['msg']}")
+
+
+def _post(body: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
+    """A Kubernetes Event on the collector; never lets posting trouble break a round."""
+    try:
+        kopf.event(cast(kopf.Body, body), type=kind, reason=reason, message=message[:1024])
+    except LookupError:  # outside kopf's context (unit use): nothing to post through
+        log.info("event %s %s: %s", kind, reason, message)
+
+
+async def _apply(
+    runtime: Runtime, owner: Owner, collector: ObservatoryCollector, *, prune: bool
+) -> tuple[status.Outcome, reconcile.Applied | None, Built | None, Mapping[str, str] | None]:
+    """Prerequisites, build and apply; permanent problems become the outcome, temporary ones raise."""
+    kube, spec = runtime.kube, collector.spec
+    pre = await reconcile.prerequisites(kube, owner.namespace, spec)
+    if pre.problem is not None:
+        return pre.problem, None, None, pre.shared_config
+    service_monitor = await kube.ahas_api(reconcile.SERVICE_MONITOR_API)
+    built = build_collector(owner, spec, runtime.settings, service_monitor=service_monitor)
+    try:
+        applied = await reconcile.apply(kube, built.objects, owner)
+        if prune:
+            applied.pruned = await reconcile.prune(kube, owner, built.objects, service_monitor=service_monitor)
+    except errors.TemporaryError:
+        raise
+    except errors.PermanentError as exc:
+        # The API server refused what we built from this spec: the user has to change the spec.
+        outcome = status.Outcome(ok=False, reason="ApplyRejected", message=exc.message)
+        return outcome, None, built, pre.shared_config
+    return status.Outcome.applied(), applied, built, pre.shared_config
+
+
+@dataclass
+class _Round:
+    """One reconcile round's results, handed from the apply step to the observe step."""
+
+    body: Mapping[str, Any]
+    collector: ObservatoryCollector
+    owner: Owner
+    outcome: status.Outcome
+    applied: reconcile.Applied | None = None
+    built: Built | None = None
+    shared: Mapping[str, str] | None = None
+
+
+async def reconcile_collector(runtime: Runtime, body: Mapping[str, Any], *, spec_changed: bool) -> None:
+    """One round for one collector. Temporary API errors propagate (the caller retries with backoff)."""
+    key = _key(body)
+    state = runtime.state(key)
+    async with state.lock:
+        state.rounds += 1
+        collector, invalid = _parse(body)
+        if collector is None:
+            await _write_invalid(runtime, body, invalid or status.Outcome(ok=False, reason="InvalidSpec"))
+            return
+        owner = Owner(name=key[1], namespace=key[0], uid=str(body["metadata"]["uid"]))
+        rnd = _Round(body, collector, owner, state.outcome or status.Outcome.applied())
+        if collector.spec.paused:
+            rnd.outcome = status.Outcome.paused()
+        elif spec_changed or not state.backing_off:
+            prune = spec_changed or state.rounds % PRUNE_EVERY == 1
+            rnd.outcome, rnd.applied, rnd.built, rnd.shared = await _apply(runtime, owner, collector, prune=prune)
+        # else: backing off, so keep saying what failed without hammering the API.
+        settings = runtime.settings.reconcile
+        if not rnd.outcome.ok and rnd.outcome.reason != "Paused":
+            if spec_changed or not state.backing_off:
+                delay = state.failed(settings.backoff_initial_seconds, settings.backoff_max_seconds)
+                log.warning("%s/%s: %s (%s); retry in %.0fs", *key, rnd.outcome.reason, rnd.outcome.message, delay)
+        elif rnd.outcome.ok:
+            state.succeeded()
+        state.outcome = rnd.outcome
+        if rnd.applied is not None:
+            _report_changes(body, rnd.applied, spec_changed=spec_changed)
+        await _observe_and_write(runtime, rnd)
+
+
+def _report_changes(body: Mapping[str, Any], applied: reconcile.Applied, *, spec_changed: bool) -> None:
+    if applied.recreated:
+        _post(body, "Normal", "Recreated", f"recreated {', '.join(applied.recreated)} (immutable field changed)")
+    if applied.changed:
+        # Outside a spec change, a change means someone edited or deleted a child: say we put it back.
+        reason = "Applied" if spec_changed else "Restored"
+        _post(body, "Normal", reason, f"{reason.lower()} {', '.join(applied.changed)}")
+    if applied.pruned:
+        _post(body, "Normal", "Pruned", f"deleted {', '.join(applied.pruned)} (no longer desired)")
+
+
+async def _observe_and_write(runtime: Runtime, rnd: _Round) -> None:
+    """Read what is running, compute status, write only what changed, post Events on transitions."""
+    kube, spec, owner, body, shared = runtime.kube, rnd.collector.spec, rnd.owner, rnd.body, rnd.shared
+    ds = reconcile.live_daemonset(rnd.applied)
+    if ds is None:
+        ds_path = path_for("apps/v1", "DaemonSet", owner.namespace, names.agent_daemonset(owner.name))
+        ds = await kube.aget_or_none(ds_path)
+    if shared is None:
+        cm = await kube.aget_or_none(path_for("v1", "ConfigMap", owner.namespace, spec.shared_config.name))
+        shared = (cm or {}).get("data") or None
+    pods = await reconcile.agent_pods(kube, owner, ds)
+    nodes, reports = await asyncio.gather(
+        kube.anodes(),
+        probe.agent_reports(pods, timeout_seconds=runtime.settings.reconcile.probe_timeout_seconds),
+    )
+    previous = dict(body.get("status") or {})
+    observed = status.Observed(
+        generation=int(body["metadata"].get("generation", 0)),
+        spec=spec,
+        outcome=rnd.outcome,
+        daemonset=ds,
+        pods=pods,
+        nodes=nodes,
+        reports=reports,
+        window_seconds=status.effective_window(spec, shared),
+        config_hash=rnd.built.config_hash if rnd.built else previous.get("configHash"),
+        previous_conditions=list(previous.get("conditions") or []),
+    )
+    computed = status.compute(observed, datetime.now(UTC))
+    await _patch_status(runtime, body, computed.status)
+    for t in computed.transitions:
+        warning = t.status == "False" and t.reason != "Paused"
+        _post(body, "Warning" if warning else "Normal", t.reason or t.type, f"{t.type}={t.status}: {t.message}")
+
+
+async def _write_invalid(runtime: Runtime, body: Mapping[str, Any], outcome: status.Outcome) -> None:
+    """Status for a resource whose spec could not even be parsed: Failed, with the reason."""
+    previous = dict(body.get("status") or {})
+    new = {
+        "observedGeneration": int(body["metadata"].get("generation", 0)),
+        "phase": "Failed",
+        "conditions": [
+            {
+                "type": status.RECONCILED,
+                "status": "False",
+                "reason": outcome.reason,
+                "message": outcome.message,
+                "lastTransitionTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            }
+        ],
+    }
+    if previous.get("phase") != "Failed":
+        _post(body, "Warning", outcome.reason, outcome.message)
+    await _patch_status(runtime, body, new)
+
+
+async def _patch_status(runtime: Runtime, body: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+    """Send only the top-level status fields that differ: an unchanged status costs no write at all."""
+    current = dict(body.get("status") or {})
+    patch = {k: v for k, v in new.items() if current.get(k) != v}
+    if not patch:
+        return
+    meta = body["metadata"]
+    with contextlib.suppress(errors.NotFound):  # deleted while we worked: nothing to report on
+        await runtime.kube.apatch_status(API_VERSION, KIND, meta["namespace"], meta["name"], patch)
+
+
+# --- resync -------------------------------------------------------------------------------
+
+
+async def resync_loop(runtime: Runtime) -> None:
+    """Every ``resync_seconds``: refresh each known collector's status and restore hand-edited children.
+
+    A loop of our own instead of ``@kopf.timer``: kopf puts a finalizer on every object with a
+    timer, and nothing here needs one (children go with their owner through the garbage
+    collector), so collectors stay deletable while the operator is down.
+    """
+    interval = runtime.settings.reconcile.resync_seconds
+    limit = asyncio.Semaphore(16)  # bounded fan-out: 200 collectors must not open 200 probes at once
+
+    async def one(key: Key) -> None:
+        body = runtime.bodies.get(key)
+        if body is None:
+            return
+        async with limit:
+            try:
+                await reconcile_collector(runtime, body, spec_changed=False)
+            except errors.TemporaryError as exc:
+                # The next tick retries; an API blip must not flip any status.
+                log.warning("%s/%s: resync deferred: %s", *key, exc.message)
+            except Exception:
+                # Never let one collector's surprise stop the loop for every other collector.
+                log.exception("%s/%s: resync failed", *key)
+
+    while True:
+        await asyncio.sleep(interval)
+        await asyncio.gather(*(one(k) for k in list(runtime.bodies)))
+
+
+# --- kopf registration --------------------------------------------------------------------
+
+
+def register(registry: kopf.OperatorRegistry) -> None:
+    """Attach the collector handlers to ``registry`` (explicit, so tests and the CLI choose what runs)."""
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    async def collector_seen(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+        # Only remembers the latest body for the resync loop; no API calls, no writes.
+        runtime: Runtime = memo["runtime"]
+        if type == "DELETED":
+            runtime.forget(_key(body))
+        else:
+            runtime.bodies[_key(body)] = dict(body)
+
+    @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
+    @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
+    @kopf.on.update(GROUP, VERSION, PLURAL, field="spec", registry=registry)
+    async def collector_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        runtime: Runtime = memo["runtime"]
+        runtime.bodies[_key(body)] = dict(body)
+        try:
+            await reconcile_collector(runtime, body, spec_changed=True)
+        except errors.TemporaryError as exc:
+            raise kopf.TemporaryError(exc.message, delay=exc.delay) from exc
+
+    @kopf.on.startup(registry=registry)
+    async def start_resync(memo: kopf.Memo, **_: Any) -> None:
+        runtime: Runtime = memo["runtime"]
+        runtime.resync_task = asyncio.create_task(resync_loop(runtime), name="observatory-resync")
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
+        runtime: Runtime = memo["runtime"]
+        if runtime.resync_task is not None:
+            runtime.resync_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runtime.resync_task
