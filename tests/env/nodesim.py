@@ -40,6 +40,10 @@ waiting), counting restartCount. Output goes to ``<logs>/pods/<ns>_<pod>_<contai
 
 Containers of any other image get status only: running and ready as soon as the pod is
 bound (their probes are not run: there is nothing to probe).
+
+Not simulated: securityContext (processes run as the test runner's user), resource limits,
+image pulls, and the kubelet's own API (``kubectl logs``/``exec`` cannot reach a node; read
+``NodeSimulator.pod_log()`` instead). A serviceAccountToken projection is not written.
 """
 
 from __future__ import annotations
@@ -416,8 +420,8 @@ class PodWorker:
         except Exception:
             log.exception("pod %s/%s: worker crashed", self.namespace, self.name)
         finally:
-            if self.sim.stopping.is_set() or self._gone.is_set():
-                self._kill_all(grace=2.0)
+            # Whatever ended the loop, no process may outlive the worker that reaps it.
+            self._kill_all(grace=2.0)
             shutil.rmtree(self.dir, ignore_errors=True)
             self.sim.forget(self.uid)
 
@@ -696,6 +700,8 @@ class PodWorker:
             return
         except FileNotFoundError as exc:
             # What a runtime reports for a bad command: the container fails and is retried.
+            if c.started_at is not None:
+                c.restart_count += 1
             c.started_at = now_rfc3339()
             c.proc = None
             c.waiting_reason, c.waiting_message = "RunContainerError", str(exc)

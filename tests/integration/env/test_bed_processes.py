@@ -162,6 +162,8 @@ def test_project_commands_run_and_crashes_count_restarts(
             "image": IMAGE,
             "command": ["python", "-c", "import sys; print('crashing on purpose', flush=True); sys.exit(3)"],
         },
+        # A command that does not exist fails to start, as under a real runtime, and is retried.
+        {"name": "missing", "image": IMAGE, "command": ["no-such-observatory-command"]},
     ]
     kube.create(f"/apis/apps/v1/namespaces/{namespace}/deployments", deployment("crashy", containers))
 
@@ -170,9 +172,9 @@ def test_project_commands_run_and_crashes_count_restarts(
         if len(pods) != 1:
             return None
         got = {c["name"]: c for c in pods[0]["status"].get("containerStatuses") or []}
-        return got if all(c.get("restartCount", 0) >= 2 for c in got.values()) and len(got) == 2 else None
+        return got if all(c.get("restartCount", 0) >= 2 for c in got.values()) and len(got) == 3 else None
 
-    got = wait_until(statuses, timeout=60, what="both containers restarted twice")
+    got = wait_until(statuses, timeout=60, what="every container restarted twice")
     crasher = got["crasher"]
     assert crasher["lastState"]["terminated"]["exitCode"] == 3
     assert crasher["ready"] is False or "running" in crasher["state"]
@@ -183,6 +185,8 @@ def test_project_commands_run_and_crashes_count_restarts(
     agent_log = nodes.pod_log(namespace, name, "agent").read_text()
     assert "observatory" in agent_log.lower()
     assert "lastState" in got["agent"]
+    assert got["missing"]["lastState"]["terminated"]["reason"] == "StartError"
+    assert "executable file not found" in got["missing"]["lastState"]["terminated"]["message"]
 
 
 def test_init_containers_run_first_and_readiness_gates_ready(
