@@ -10,6 +10,10 @@ Loaded from ``tests/conftest.py``. Fixtures:
 * ``influxdb`` (session): a started ``InfluxDB`` — ``.url .org .bucket .token``, ``.stop() .start()``
   (same port and data), ``.client()``.
 * ``namespace`` (function): the name of a fresh namespace, deleted after the test.
+* ``helm`` (session): the built Helm binary's path.
+
+Binaries the selected tests need are built (if missing) right after collection, outside any
+test's timeout; ``make env`` / ``python3 tests/env/build.py`` does the same up front.
 
 Everything lives under one directory per session (pytest's basetemp, kept for the last three
 runs); its ``logs/`` holds every component's log and ``logs/pods/`` the pods' output. The path
@@ -28,6 +32,7 @@ from typing import Any
 
 import pytest
 
+from tests.env import build
 from tests.env.controlplane import ControlPlane
 from tests.env.influx import InfluxDB
 from tests.env.kube import ApiError
@@ -146,6 +151,36 @@ def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> It
             kube.delete(f"/api/v1/namespaces/{name}")
 
 
+@pytest.fixture(scope="session")
+def helm() -> Path:
+    """The built Helm binary (same pinned version in CI and locally)."""
+    return build.binary("helm")
+
+
+# --- building what is missing, before any test's timeout starts ---------------------------
+
+_NEEDS = {
+    "control_plane": ("etcd", "kubernetes"),
+    "nodes": ("etcd", "kubernetes"),
+    "namespace": ("etcd", "kubernetes"),
+    "influxdb": ("influxdb",),
+    "helm": ("helm",),
+}
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build the binaries the selected tests need now: a first build takes longer than a test may."""
+    needed: set[str] = set()
+    for item in session.items:
+        for fixture in getattr(item, "fixturenames", ()):
+            needed.update(_NEEDS.get(fixture, ()))
+    if not needed or session.config.option.collectonly:
+        return
+    capture = session.config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        build.ensure(sorted(needed))
+
+
 # --- reporting --------------------------------------------------------------------------
 
 
@@ -174,4 +209,4 @@ def wait_until(check: Any, timeout: float = 60.0, what: str = "condition", inter
     return wait_for(check, timeout=timeout, what=what, interval=interval)
 
 
-__all__ = ["Nodes", "control_plane", "influxdb", "namespace", "nodes", "wait_until"]
+__all__ = ["Nodes", "control_plane", "helm", "influxdb", "namespace", "nodes", "wait_until"]
