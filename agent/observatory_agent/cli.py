@@ -160,7 +160,7 @@ async def _collect_once(args: argparse.Namespace) -> list[Any]:
     eff = config.load(args.config, args.shared_config).effective
     built = runner.build_collectors(eff.agent.collectors, paths, max_timeout=eff.interval * 0.9)
     identity = {"host": host, "node": node, "cluster": eff.cluster}
-    agg = WindowAggregator(3600.0, exact_threshold=eff.agent.exact_quantile_threshold)
+    agg = WindowAggregator(eff.window, exact_threshold=eff.agent.exact_quantile_threshold)
 
     def fold(samples: Sequence[Any], ts: float, *, counters_only: bool) -> None:
         for s in samples:

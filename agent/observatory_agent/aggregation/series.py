@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 from observatory_agent.aggregation import quantiles as qmod
 from observatory_agent.contract import AggregatedMetric, SeriesPartial, quantile_key
@@ -154,21 +154,56 @@ class SeriesState:
         self, name: str, tags: TagsKey, window_start: float, window_end: float, qs: Sequence[float]
     ) -> AggregatedMetric:
         """The finished aggregate; ``timestamp`` is the window end so replays overwrite."""
-        count, total, lo, hi = self.stats()
-        quantiles = self.quantiles(qs)
-        return AggregatedMetric(
-            name=name,
-            tags=dict(tags),
-            timestamp=window_end,
-            window_start=window_start,
-            count=count,
-            sum=total,
-            mean=total / count,
-            min=lo,
-            max=hi,
-            last=self.last,
-            quantiles=quantiles,
+        return self.to_metric_keyed(name, tags, window_start, window_end, [(quantile_key(q), q) for q in qs])
+
+    def to_metric_keyed(
+        self, name: str, tags: TagsKey, window_start: float, window_end: float, keyed: Sequence[tuple[str, float]]
+    ) -> AggregatedMetric:
+        """``to_metric`` with the quantile keys precomputed: window close calls this per series."""
+        if self.sketch is None:
+            # The common case (a handful of samples): one sort gives min, max and every quantile.
+            ordered = sorted(self.values)
+            count = len(ordered)
+            total = math.fsum(ordered)
+            lo, hi = ordered[0], ordered[-1]
+            quantiles = {key: qmod.exact_quantile(ordered, q) for key, q in keyed}
+        else:
+            self.spill()
+            count, total, lo, hi = self.n, self.total, self.lo, self.hi
+            quantiles = {key: qmod.sketch_quantile(self.sketch, q, lo, hi) for key, q in keyed}
+        return _trusted_metric(
+            {
+                "name": name,
+                "tags": dict(tags),
+                "timestamp": window_end,
+                "window_start": window_start,
+                "count": count,
+                "sum": total,
+                "mean": total / count,
+                "min": lo,
+                "max": hi,
+                "last": self.last,
+                "quantiles": quantiles,
+            }
         )
+
+
+_METRIC_FIELDS: Final = frozenset(AggregatedMetric.model_fields)
+
+
+def _trusted_metric(fields: dict[str, Any]) -> AggregatedMetric:
+    """An ``AggregatedMetric`` from values this module computed, skipping validation.
+
+    Window close builds one per series per window; validation (or ``model_construct``) costs
+    more than the aggregation itself. The values are correct by construction, and a unit test
+    pins that the result equals a validated ``AggregatedMetric``.
+    """
+    metric = AggregatedMetric.__new__(AggregatedMetric)
+    object.__setattr__(metric, "__dict__", fields)
+    object.__setattr__(metric, "__pydantic_fields_set__", _METRIC_FIELDS)
+    object.__setattr__(metric, "__pydantic_extra__", None)
+    object.__setattr__(metric, "__pydantic_private__", None)
+    return metric
 
 
 def merge_partials(partials: Iterable[SeriesPartial], threshold: int) -> dict[SeriesKey, SeriesState]:

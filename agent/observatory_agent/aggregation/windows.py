@@ -7,13 +7,14 @@ the cluster without coordination and a window's end is a stable point timestamp.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from observatory_agent.aggregation.series import SeriesKey, SeriesState, TagsKey
-from observatory_agent.contract import AggregatedMetric, MetricEvent, MetricType, SeriesPartial
+from observatory_agent.contract import AggregatedMetric, MetricEvent, MetricType, SeriesPartial, quantile_key
 
 _floor = math.floor
+_COUNTER = MetricType.COUNTER
 
 
 def window_index(ts: float, window: float) -> int:
@@ -35,10 +36,13 @@ class ClosedWindow:
     end: float
     series: dict[SeriesKey, SeriesState] = field(default_factory=dict)
 
-    def aggregates(self, quantiles: Sequence[float]) -> list[AggregatedMetric]:
-        return [
-            state.to_metric(name, tags, self.start, self.end, quantiles) for (name, tags), state in self.series.items()
-        ]
+    def aggregates(self, quantiles: Sequence[float]) -> Iterator[AggregatedMetric]:
+        """One aggregate per series, made lazily: a consumer that encodes and drops each one
+        keeps thousands of short-lived models from being promoted into the GC's oldest generation."""
+        keyed = [(quantile_key(q), q) for q in quantiles]
+        start, end = self.start, self.end
+        for (name, tags), state in self.series.items():
+            yield state.to_metric_keyed(name, tags, start, end, keyed)
 
     def partials(self, keys: Iterable[SeriesKey] | None = None) -> list[SeriesPartial]:
         wanted = self.series.keys() if keys is None else keys
@@ -68,6 +72,7 @@ class WindowAggregator:
         self._cur_hi = -math.inf
         self._cur: dict[SeriesKey, SeriesState] = {}
         self._counters: dict[SeriesKey, tuple[float, float]] = {}
+        self._keys: dict[SeriesKey, SeriesKey] = {}
         self._counter_ttl = counter_ttl_windows * window
 
     def _table(self, ts: float) -> dict[SeriesKey, SeriesState] | None:
@@ -99,6 +104,8 @@ class WindowAggregator:
         key = (name, tags)
         state = table.get(key)
         if state is None:
+            # Interned keys live as long as the series, so a new window allocates only its state.
+            key = self._keys.setdefault(key, key)
             state = table[key] = SeriesState()
         values = state.values
         values.append(value)
@@ -130,8 +137,9 @@ class WindowAggregator:
 
     def add_event(self, event: MetricEvent) -> None:
         """Convenience for collectors that build ``MetricEvent`` objects."""
-        key = tuple(sorted(event.tags.items()))
-        if event.type is MetricType.COUNTER:
+        tags = event.tags
+        key = tuple(sorted(tags.items())) if len(tags) > 1 else tuple(tags.items())
+        if event.type is _COUNTER:
             self.add_counter(event.name, key, event.value, event.timestamp)
         else:
             self.add(event.name, key, event.value, event.timestamp)
@@ -161,6 +169,8 @@ class WindowAggregator:
         stale = [k for k, (_, ts) in self._counters.items() if ts < horizon]
         for k in stale:
             del self._counters[k]
+        if len(self._keys) > 4 * (self.open_series + 1024):
+            self._keys = {k: k for table in self._windows.values() for k in table}  # forget vanished series
         return closed
 
     @property

@@ -51,7 +51,7 @@ def test_samples_of_different_windows_land_in_their_own_window() -> None:
         agg.add("m", (), ts, ts)
     closed = agg.close(30.0)
     assert [(c.start, c.end) for c in closed] == [(0.0, 10.0), (10.0, 20.0), (20.0, 30.0)]
-    assert [c.aggregates([])[0].count for c in closed] == [1, 2, 1]
+    assert [next(c.aggregates([])).count for c in closed] == [1, 2, 1]
 
 
 def test_late_sample_for_a_closed_window_is_dropped_and_counted() -> None:
@@ -79,7 +79,7 @@ def test_non_finite_values_are_dropped_and_counted() -> None:
         agg.add("m", (), v, 1.0)
     assert agg.invalid_samples == 3
     (closed,) = agg.close(10.0)
-    assert closed.aggregates([])[0].count == 1
+    assert next(closed.aggregates([])).count == 1
 
 
 def test_close_all_flushes_the_current_window_early() -> None:
@@ -95,7 +95,7 @@ def test_last_is_the_value_with_the_latest_timestamp() -> None:
     agg.add("m", (), 5.0, 70.0)
     agg.add("m", (), 7.0, 65.0)  # out of order
     (closed,) = agg.close(120.0)
-    assert closed.aggregates([])[0].last == 5.0
+    assert next(closed.aggregates([])).last == 5.0
 
 
 @settings(max_examples=200, deadline=None)
@@ -185,7 +185,7 @@ def test_counter_rate_spans_window_boundaries() -> None:
     agg.close(10.0)
     agg.add_counter("c", (), 20.0, 12.0)
     (closed,) = agg.close(20.0)
-    assert closed.aggregates([])[0].last == 5.0
+    assert next(closed.aggregates([])).last == 5.0
 
 
 def test_add_event_routes_counters_and_gauges() -> None:
@@ -251,3 +251,11 @@ def test_sketch_partial_round_trips_through_json() -> None:
     assert partial.values is None
     state = SeriesState.from_partial(partial)
     assert state.quantiles([50.0])["p50"] == pytest.approx(250.0, rel=0.01)
+
+
+def test_window_close_metrics_equal_validated_models() -> None:
+    metric = _one_window([3.0, 1.0, 2.0])
+    validated = type(metric).model_validate(metric.model_dump())
+    assert metric == validated
+    assert metric.model_dump_json() == validated.model_dump_json()
+    assert metric.p50 == 2.0
