@@ -17,6 +17,7 @@ import asyncio
 import json
 import os
 import random
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -120,6 +121,24 @@ class WriterSettings:
         return f"WriterSettings(url={self.url!r}, org={self.org!r}, bucket={self.bucket!r}, token=***)"
 
 
+def _import_client() -> tuple[Any, Any]:
+    """influxdb-client's classes, imported on the first write (~1 s and ~35 MB: not at start).
+
+    The client imports numpy whenever it is installed, for DataFrame writes the agent never
+    makes; blocking it for the duration of the import saves ~20 MB of RSS where numpy exists.
+    """
+    blocked = "numpy" not in sys.modules
+    if blocked:
+        sys.modules["numpy"] = None  # type: ignore[assignment]
+    try:
+        from influxdb_client.client.influxdb_client import InfluxDBClient  # noqa: PLC0415
+        from influxdb_client.client.write_api import SYNCHRONOUS  # noqa: PLC0415
+    finally:
+        if blocked:
+            del sys.modules["numpy"]
+    return InfluxDBClient, SYNCHRONOUS
+
+
 class InfluxWriter:
     """Sends line batches; ``write`` retries retryable failures until ``budget`` seconds pass."""
 
@@ -140,9 +159,7 @@ class InfluxWriter:
 
     def _ensure_client(self) -> Any:
         if self._api is None:
-            # Imported on the first write: influxdb-client costs ~1 s and ~25 MB to import.
-            from influxdb_client.client.influxdb_client import InfluxDBClient  # noqa: PLC0415
-            from influxdb_client.client.write_api import SYNCHRONOUS  # noqa: PLC0415
+            InfluxDBClient, SYNCHRONOUS = _import_client()
 
             s = self.settings
             self._client = InfluxDBClient(
