@@ -31,8 +31,8 @@ from tests.env.procs import Process, free_port, wait_for
 _APPLY_ORDER = {"Namespace": 0, "CustomResourceDefinition": 1, "ConfigMap": 2, "Secret": 2}
 
 
-class _Stop(Exception):
-    pass
+class _Stop(BaseException):
+    """Ctrl-C or SIGTERM. A BaseException, so no retry loop's ``except Exception`` swallows it."""
 
 
 def _raise_stop(signum: int, frame: FrameType | None) -> None:
