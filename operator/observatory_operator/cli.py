@@ -4,13 +4,15 @@ Settings and why:
 
 - **Namespaces**: ``--namespace NS`` (repeatable) watches only those namespaces (a Role per
   namespace is enough, except for Nodes, which status needs cluster-wide read access to);
-  ``--all-namespaces`` watches the whole cluster. One of them must be given: watching
-  everything by accident is how an operator in a test namespace fights production.
+  ``--all-namespaces`` watches the whole cluster. Without either, ``WATCH_NAMESPACE``
+  (comma-separated, the usual downward-API convention) decides, and only when that is unset
+  too does the operator watch everything, saying so in its first log line.
 - **Liveness**: ``--liveness http://0.0.0.0:8080/healthz`` (the default) is kopf's probe
   endpoint; it answers only while the operator's watch streams are alive.
-- **Events**: posted for condition transitions (Warning when a condition turns False),
-  for restored/recreated/pruned children and for rejected specs. kopf's own per-handler
-  log events are off: a 10 s resync would otherwise post an Event every 10 s per collector.
+- **Events**: posted by the operator's own client (``kube/events.py``) for condition
+  transitions (Warning when a condition turns False), for applied/restored/recreated/pruned
+  children and for rejected specs. kopf's Event posting is off: it would turn handler log
+  lines into Events, one every resync per collector.
 - **Finalizers**: none. Children are owned (controller references) and the garbage collector
   deletes them; the periodic resync is our own loop, not ``@kopf.timer``, because kopf puts a
   finalizer on every object that has a timer and collectors must stay deletable while the
@@ -47,7 +49,7 @@ from observatory_operator.settings import AgentDefaults, ReconcileSettings, Sett
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="observatory-operator", description="happy-observatory's Kubernetes operator.")
-    scope = p.add_mutually_exclusive_group(required=True)
+    scope = p.add_mutually_exclusive_group()
     scope.add_argument("-n", "--namespace", action="append", help="Watch this namespace (repeatable).")
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="Watch every namespace.")
     p.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="kopf liveness endpoint URL.")
@@ -88,17 +90,14 @@ def build_registry(settings: Settings, *, peering: str | None, all_namespaces: b
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-        settings.posting.enabled = True
-        settings.posting.loggers = False
-        settings.posting.reporting_component = "happy-observatory-operator"
+        settings.posting.enabled = False
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
             prefix=GROUP, key="last-handled-configuration"
         )
         settings.peering.clusterwide = all_namespaces
         settings.peering.mandatory = peering is not None
-        # kopf's retry of a failed spec-change handler; the resync loop retries in between anyway.
-        settings.execution.max_workers = 16
+        settings.execution.max_workers = 16  # threads for sync handlers; ours are async, so few suffice
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
 
@@ -113,6 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         verbose=args.verbose,
         log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.PLAIN,
     )
+    if not args.namespace and not args.all_namespaces:
+        watch = [ns.strip() for ns in os.environ.get("WATCH_NAMESPACE", "").split(",") if ns.strip()]
+        args.namespace = watch or None
+        args.all_namespaces = not watch
     settings = Settings(
         agent=AgentDefaults(image=args.agent_image),
         reconcile=ReconcileSettings(resync_seconds=args.resync_seconds),

@@ -388,6 +388,28 @@ def _condition(type_: str, value: CondValue, *, generation: int, now: datetime, 
     )
 
 
+@dataclass(frozen=True)
+class _Counts:
+    desired: int
+    current: int
+    updated: int
+    ready: int
+    rolled_out: bool
+    """The DaemonSet controller has seen the latest DaemonSet spec."""
+
+    @classmethod
+    def of(cls, ds: Obj | None) -> _Counts:
+        status = (ds or {}).get("status") or {}
+        generation = ((ds or {}).get("metadata") or {}).get("generation", 0)
+        return cls(
+            desired=int(status.get("desiredNumberScheduled", 0)),
+            current=int(status.get("currentNumberScheduled", 0)),
+            updated=int(status.get("updatedNumberScheduled", 0)),
+            ready=int(status.get("numberReady", 0)),
+            rolled_out=ds is not None and int(status.get("observedGeneration", 0)) >= int(generation),
+        )
+
+
 def _agent_lag(pod: Obj, report: AgentReport | None, horizon: float, window: float, now: datetime) -> str | None:
     """None when the agent reports; "" while it is young enough to still be waiting for its first write;
     otherwise what is wrong, for the condition message."""
@@ -405,9 +427,10 @@ def _agent_lag(pod: Obj, report: AgentReport | None, horizon: float, window: flo
 
 
 def _data_flowing(
-    desired: int, pods: Sequence[Obj], reports: Mapping[str, AgentReport | None], window: float, now: datetime
+    counts: _Counts, pods: Sequence[Obj], reports: Mapping[str, AgentReport | None], window: float, now: datetime
 ) -> tuple[int, CondValue]:
     """(reporting agents, DataFlowing condition value)."""
+    desired = counts.desired
     horizon = now.timestamp() - 2 * window
     reporting, warming = 0, 0
     stale: list[str] = []
@@ -432,32 +455,13 @@ def _data_flowing(
     if warming:
         return reporting, (ConditionStatus.UNKNOWN, "WaitingForFirstWrite", f"{head}; {warming} started recently")
     missing = desired - reporting
+    if not counts.rolled_out or counts.current < desired:
+        # Pods not created yet are a rollout in progress, not a broken data path.
+        return reporting, (ConditionStatus.UNKNOWN, "WaitingForAgents", f"{head}; {missing} agents not started yet")
     return reporting, (ConditionStatus.FALSE, "AgentsNotReporting", f"{head}; {missing} have no running agent")
 
 
 # --- the funnel ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Counts:
-    desired: int
-    current: int
-    updated: int
-    ready: int
-    rolled_out: bool
-    """The DaemonSet controller has seen the latest DaemonSet spec."""
-
-    @classmethod
-    def of(cls, ds: Obj | None) -> _Counts:
-        status = (ds or {}).get("status") or {}
-        generation = ((ds or {}).get("metadata") or {}).get("generation", 0)
-        return cls(
-            desired=int(status.get("desiredNumberScheduled", 0)),
-            current=int(status.get("currentNumberScheduled", 0)),
-            updated=int(status.get("updatedNumberScheduled", 0)),
-            ready=int(status.get("numberReady", 0)),
-            rolled_out=ds is not None and int(status.get("observedGeneration", 0)) >= int(generation),
-        )
 
 
 def _ready_condition(ds: Obj | None, counts: _Counts, failing: Sequence[UncoveredNode]) -> CondValue:
@@ -465,6 +469,9 @@ def _ready_condition(ds: Obj | None, counts: _Counts, failing: Sequence[Uncovere
     c = counts
     if ds is None:
         return ConditionStatus.FALSE, "NoDaemonSet", "the agent DaemonSet does not exist yet"
+    if not c.rolled_out:
+        # Counts of a DaemonSet the controller has not processed yet say nothing (desired 0 included).
+        return ConditionStatus.FALSE, "RolloutPending", "the DaemonSet controller has not processed the latest spec yet"
     if c.desired == 0:
         return ConditionStatus.FALSE, "NoNodesSelected", "no node matches nodeSelector, affinity and tolerations"
     if c.ready >= c.desired and c.updated >= c.desired and c.rolled_out:
@@ -476,19 +483,20 @@ def _ready_condition(ds: Obj | None, counts: _Counts, failing: Sequence[Uncovere
 
 
 def _phase(observed: Observed, counts: _Counts, uncovered: Sequence[UncoveredNode], flow: ConditionStatus) -> Phase:
+    """The first rule that applies wins: the order is the precedence users read in ``kubectl get``."""
     c = counts
     reasons = {u.reason for u in uncovered}
-    if observed.spec.paused:
-        return Phase.PAUSED
-    if not observed.outcome.ok:
-        return Phase.FAILED
-    if observed.daemonset is None or c.desired == 0:
-        return Phase.PENDING
-    if POD_FAILING in reasons:
-        return Phase.DEGRADED
-    if c.ready < c.desired or c.updated < c.desired or not c.rolled_out or POD_PENDING in reasons:
-        return Phase.PROGRESSING
-    return Phase.DEGRADED if flow is ConditionStatus.FALSE else Phase.READY
+    rules = (
+        (observed.spec.paused, Phase.PAUSED),
+        (not observed.outcome.ok, Phase.FAILED),
+        (observed.daemonset is None, Phase.PENDING),
+        (not c.rolled_out, Phase.PROGRESSING),
+        (c.desired == 0, Phase.PENDING),
+        (POD_FAILING in reasons, Phase.DEGRADED),
+        (c.ready < c.desired or c.updated < c.desired or POD_PENDING in reasons, Phase.PROGRESSING),
+        (flow is ConditionStatus.FALSE, Phase.DEGRADED),
+    )
+    return next((phase for applies, phase in rules if applies), Phase.READY)
 
 
 def compute(observed: Observed, now: datetime) -> Computed:
@@ -498,7 +506,7 @@ def compute(observed: Observed, now: datetime) -> Computed:
     counts = _Counts.of(ds)
     template_spec = ((ds or {}).get("spec") or {}).get("template", {}).get("spec", {})
     uncovered, _ = coverage(spec, observed.nodes, observed.pods, bool(template_spec.get("hostNetwork", False)))
-    reporting, flow = _data_flowing(counts.desired, observed.pods, observed.reports, observed.window_seconds, now)
+    reporting, flow = _data_flowing(counts, observed.pods, observed.reports, observed.window_seconds, now)
     writes = [r.last_successful_write for r in observed.reports.values() if r and r.last_successful_write]
     buffered = sum(r.buffered_points for r in observed.reports.values() if r is not None)
 

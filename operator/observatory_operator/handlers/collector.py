@@ -8,7 +8,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import kopf
 from pydantic import ValidationError
@@ -17,7 +17,7 @@ from observatory_operator import status
 from observatory_operator.api.models import API_VERSION, GROUP, VERSION, ObservatoryCollector
 from observatory_operator.build import Built, Owner, build_collector, names
 from observatory_operator.handlers.runtime import Key, Runtime
-from observatory_operator.kube import errors, probe, reconcile
+from observatory_operator.kube import errors, events, probe, reconcile
 from observatory_operator.kube.client import path_for
 
 PLURAL: Final = "observatorycollectors"
@@ -42,14 +42,6 @@ def _parse(body: Mapping[str, Any]) -> tuple[ObservatoryCollector | None, status
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
         return None, status.Outcome(ok=False, reason="InvalidSpec", message=f"{where}: {err['msg']}")
-
-
-def _post(body: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
-    """A Kubernetes Event on the collector; never lets posting trouble break a round."""
-    try:
-        kopf.event(cast(kopf.Body, body), type=kind, reason=reason, message=message[:1024])
-    except LookupError:  # outside kopf's context (unit use): nothing to post through
-        log.info("event %s %s: %s", kind, reason, message)
 
 
 async def _apply(
@@ -99,6 +91,7 @@ async def reconcile_collector(runtime: Runtime, body: Mapping[str, Any], *, spec
             await _write_invalid(runtime, body, invalid or status.Outcome(ok=False, reason="InvalidSpec"))
             return
         owner = Owner(name=key[1], namespace=key[0], uid=str(body["metadata"]["uid"]))
+        was_ok = state.outcome is not None and state.outcome.ok
         rnd = _Round(body, collector, owner, state.outcome or status.Outcome.applied())
         if collector.spec.paused:
             rnd.outcome = status.Outcome.paused()
@@ -115,19 +108,24 @@ async def reconcile_collector(runtime: Runtime, body: Mapping[str, Any], *, spec
             state.succeeded()
         state.outcome = rnd.outcome
         if rnd.applied is not None:
-            _report_changes(body, rnd.applied, spec_changed=spec_changed)
+            # Outside a spec change, a change to children that were fine means someone edited them.
+            restored = not spec_changed and was_ok
+            await _report_changes(runtime, body, rnd.applied, restored=restored)
         await _observe_and_write(runtime, rnd)
 
 
-def _report_changes(body: Mapping[str, Any], applied: reconcile.Applied, *, spec_changed: bool) -> None:
+async def _report_changes(
+    runtime: Runtime, body: Mapping[str, Any], applied: reconcile.Applied, *, restored: bool
+) -> None:
     if applied.recreated:
-        _post(body, "Normal", "Recreated", f"recreated {', '.join(applied.recreated)} (immutable field changed)")
+        message = f"recreated {', '.join(applied.recreated)} (an immutable field changed)"
+        await events.post(runtime.kube, body, "Normal", "Recreated", message)
     if applied.changed:
-        # Outside a spec change, a change means someone edited or deleted a child: say we put it back.
-        reason = "Applied" if spec_changed else "Restored"
-        _post(body, "Normal", reason, f"{reason.lower()} {', '.join(applied.changed)}")
+        reason = "Restored" if restored else "Applied"
+        await events.post(runtime.kube, body, "Normal", reason, f"{reason.lower()} {', '.join(applied.changed)}")
     if applied.pruned:
-        _post(body, "Normal", "Pruned", f"deleted {', '.join(applied.pruned)} (no longer desired)")
+        message = f"deleted {', '.join(applied.pruned)} (no longer desired)"
+        await events.post(runtime.kube, body, "Normal", "Pruned", message)
 
 
 async def _observe_and_write(runtime: Runtime, rnd: _Round) -> None:
@@ -162,7 +160,8 @@ async def _observe_and_write(runtime: Runtime, rnd: _Round) -> None:
     await _patch_status(runtime, body, computed.status)
     for t in computed.transitions:
         warning = t.status == "False" and t.reason != "Paused"
-        _post(body, "Warning" if warning else "Normal", t.reason or t.type, f"{t.type}={t.status}: {t.message}")
+        kind = "Warning" if warning else "Normal"
+        await events.post(runtime.kube, body, kind, t.reason or t.type, f"{t.type}={t.status}: {t.message}")
 
 
 async def _write_invalid(runtime: Runtime, body: Mapping[str, Any], outcome: status.Outcome) -> None:
@@ -182,7 +181,7 @@ async def _write_invalid(runtime: Runtime, body: Mapping[str, Any], outcome: sta
         ],
     }
     if previous.get("phase") != "Failed":
-        _post(body, "Warning", outcome.reason, outcome.message)
+        await events.post(runtime.kube, body, "Warning", outcome.reason, outcome.message)
     await _patch_status(runtime, body, new)
 
 

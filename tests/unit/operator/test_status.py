@@ -396,3 +396,20 @@ def test_agent_report_parse_is_tolerant() -> None:
     report = st.AgentReport.from_json({"last_successful_write": None, "buffered_points": "x", "extra": 1})
     assert report == st.AgentReport()
     assert st.AgentReport.from_json({"last_successful_write": 12.5, "buffered_points": 3}).buffered_points == 3
+
+
+def test_an_unprocessed_daemonset_is_progressing_not_empty() -> None:
+    fresh = ds(0, 0)
+    fresh["status"] = {}
+    result = compute(daemonset=fresh, nodes=NODES[:2])
+    assert result.status["phase"] == "Progressing"
+    assert cond(result, "Ready")["reason"] == "RolloutPending"
+    assert cond(result, "DataFlowing")["status"] == "Unknown"
+
+
+def test_pods_not_created_yet_are_waiting_not_failing_data() -> None:
+    creating = ds(2, 0)
+    creating["status"]["currentNumberScheduled"] = 0
+    result = compute(daemonset=creating, nodes=NODES[:2], pods=[])
+    assert cond(result, "DataFlowing")["status"] == "Unknown"
+    assert cond(result, "DataFlowing")["reason"] == "WaitingForAgents"

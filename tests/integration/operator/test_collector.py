@@ -1,0 +1,253 @@
+"""The operator on the real control plane with simulated nodes: children, coverage, restores, failures, GC."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from tests.env.controlplane import ControlPlane
+from tests.env.fixtures import Nodes
+from tests.env.kube import ApiError, Kube
+from tests.integration.operator.conftest import (
+    STAND_IN_IMAGE,
+    Operator,
+    collector_path,
+    condition,
+    eventually,
+    get_or_none,
+    status_of,
+)
+
+pytestmark = pytest.mark.integration
+
+NAME = "nodes"
+DS = f"/apis/apps/v1/namespaces/{{ns}}/daemonsets/{NAME}-agent"
+CM = f"/api/v1/namespaces/{{ns}}/configmaps/{NAME}-agent-config"
+SVC = f"/api/v1/namespaces/{{ns}}/services/{NAME}-agent-metrics"
+
+
+def _collector(**spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "observatory.happypatterns.org/v1alpha1",
+        "kind": "ObservatoryCollector",
+        "metadata": {"name": NAME},
+        "spec": {
+            "image": STAND_IN_IMAGE,
+            "interval": "5s",
+            "window": "10s",
+            "collectors": [{"name": "cpu"}, {"name": "memory"}],
+            "sharedConfig": {"name": "observatory-shared-config", "optional": True},
+            "influxdb": {"tokenSecretRef": {"name": "influxdb-auth", "key": "token"}},
+            **spec,
+        },
+    }
+
+
+def _secret(kube: Kube, ns: str) -> None:
+    kube.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "influxdb-auth"},
+            "stringData": {"token": "not-a-real-token"},
+        },
+        ns,
+    )
+
+
+def _ready(kube: Kube, ns: str, want: str) -> dict[str, Any] | None:
+    status = status_of(kube, ns, NAME)
+    return status if status.get("ready") == want and status.get("observedGeneration") else None
+
+
+def test_collector_gets_a_daemonset_on_matching_nodes_and_ready_status(
+    control_plane: ControlPlane, nodes: Nodes, namespace: str, operator: Operator
+) -> None:
+    kube = control_plane.kube
+    _secret(kube, namespace)
+    kube.apply(_collector(tolerations=[nodes.toleration]), namespace)
+
+    status = eventually(lambda: _ready(kube, namespace, "3/3"), timeout=90, what="READY 3/3")
+    assert status["desiredAgents"] == 3
+    assert status["uncoveredNodes"] == []
+    assert condition(status, "Ready")["status"] == "True"
+    assert condition(status, "Reconciled")["status"] == "True"
+    ds = kube.get(DS.format(ns=namespace))
+    assert ds["metadata"]["ownerReferences"][0]["controller"] is True
+    assert (
+        ds["spec"]["template"]["metadata"]["annotations"]["observatory.happypatterns.org/config-hash"]
+        == (status["configHash"])
+    )
+    pods = kube.get(f"/api/v1/namespaces/{namespace}/pods")["items"]
+    assert sorted(p["spec"]["nodeName"] for p in pods) == sorted(nodes.names)
+    cm = kube.get(CM.format(ns=namespace))
+    assert "not-a-real-token" not in str(cm)
+    assert kube.get(SVC.format(ns=namespace))["spec"]["clusterIP"] == "None"
+    printed = control_plane.kubectl("get", "obscol", NAME, "-n", namespace).stdout
+    assert "3/3" in printed
+
+
+def test_tolerations_change_moves_coverage_and_names_the_uncovered_node(
+    control_plane: ControlPlane, nodes: Nodes, namespace: str, operator: Operator
+) -> None:
+    kube = control_plane.kube
+    _secret(kube, namespace)
+    kube.apply(_collector(), namespace)
+
+    status = eventually(lambda: _ready(kube, namespace, "2/2"), timeout=90, what="READY 2/2 without toleration")
+    (uncovered,) = status["uncoveredNodes"]
+    assert uncovered["node"] == nodes.tainted
+    assert uncovered["reason"] == "NotTolerated"
+    key, value, effect = nodes.taint
+    assert f"{key}={value}:{effect}" in uncovered["message"]
+
+    kube.apply(_collector(tolerations=[nodes.toleration]), namespace)
+    status = eventually(lambda: _ready(kube, namespace, "3/3"), timeout=90, what="READY 3/3 after tolerating")
+    assert status["uncoveredNodes"] == []
+
+    kube.apply(_collector(nodeSelector={"happypatterns.org/pool": "none-such"}), namespace)
+    status = eventually(
+        lambda: (s := status_of(kube, namespace, NAME)).get("desiredAgents") == 0 and s, timeout=90, what="0 desired"
+    )
+    assert {u["reason"] for u in status["uncoveredNodes"]} == {"SelectorMismatch"}
+    assert status["phase"] == "Pending"
+
+
+def test_deleted_or_edited_children_are_restored(
+    control_plane: ControlPlane, nodes: Nodes, namespace: str, operator: Operator
+) -> None:
+    kube = control_plane.kube
+    _secret(kube, namespace)
+    kube.apply(_collector(tolerations=[nodes.toleration]), namespace)
+    eventually(lambda: _ready(kube, namespace, "3/3"), timeout=90, what="READY 3/3")
+
+    kube.delete(CM.format(ns=namespace))
+    kube.delete(SVC.format(ns=namespace))
+    eventually(lambda: kube.get(CM.format(ns=namespace)), timeout=30, what="ConfigMap restored")
+    eventually(lambda: kube.get(SVC.format(ns=namespace)), timeout=30, what="Service restored")
+
+    patch = {"spec": {"template": {"spec": {"containers": [{"name": "agent", "image": "evil.example/agent:1"}]}}}}
+    kube.patch(DS.format(ns=namespace), patch)
+
+    def image_reverted() -> bool:
+        ds = kube.get(DS.format(ns=namespace))
+        return bool(ds["spec"]["template"]["spec"]["containers"][0]["image"] == STAND_IN_IMAGE)
+
+    eventually(image_reverted, timeout=30, what="DaemonSet image reverted")
+
+    kube.delete(DS.format(ns=namespace))
+    eventually(lambda: kube.get(DS.format(ns=namespace)), timeout=30, what="DaemonSet restored")
+
+
+def test_invalid_spec_is_refused_at_admission(control_plane: ControlPlane, namespace: str, operator: Operator) -> None:
+    with pytest.raises(ApiError) as refused:
+        control_plane.kube.apply(_collector(interval="7s", window="1m"), namespace)
+    assert refused.value.status == 422
+    assert "window must be a whole multiple of interval" in refused.value.message
+
+
+def test_missing_secret_is_named_in_a_condition_and_nothing_is_half_created(
+    control_plane: ControlPlane, namespace: str, operator: Operator
+) -> None:
+    kube = control_plane.kube
+    kube.apply(_collector(), namespace)
+
+    def failed() -> dict[str, Any] | None:
+        status = status_of(kube, namespace, NAME)
+        return status if condition(status, "Reconciled").get("reason") == "SecretNotFound" else None
+
+    status = eventually(failed, timeout=60, what="Reconciled=False SecretNotFound")
+    assert status["phase"] == "Failed"
+    assert "influxdb-auth" in condition(status, "Reconciled")["message"]
+    assert get_or_none(kube, CM.format(ns=namespace)) is None
+    assert get_or_none(kube, DS.format(ns=namespace)) is None
+
+    def warning_event() -> bool:
+        events = kube.get(f"/api/v1/namespaces/{namespace}/events")["items"]
+        return any(e.get("type") == "Warning" and e.get("reason") == "SecretNotFound" for e in events)
+
+    eventually(warning_event, timeout=30, what="a Warning Event SecretNotFound")
+
+    _secret(kube, namespace)
+    eventually(
+        lambda: condition(status_of(kube, namespace, NAME), "Reconciled").get("status") == "True",
+        timeout=90,
+        what="Reconciled after the Secret appears (backoff retry)",
+    )
+    assert kube.get(DS.format(ns=namespace))
+
+
+def test_missing_shared_config_is_named_when_not_optional(
+    control_plane: ControlPlane, namespace: str, operator: Operator
+) -> None:
+    kube = control_plane.kube
+    _secret(kube, namespace)
+    kube.apply(_collector(sharedConfig={"name": "org-defaults", "optional": False}), namespace)
+
+    def failed() -> dict[str, Any] | None:
+        status = status_of(kube, namespace, NAME)
+        return status if condition(status, "Reconciled").get("reason") == "SharedConfigNotFound" else None
+
+    status = eventually(failed, timeout=60, what="Reconciled=False SharedConfigNotFound")
+    assert "org-defaults" in condition(status, "Reconciled")["message"]
+    assert get_or_none(kube, DS.format(ns=namespace)) is None
+
+
+def test_paused_collector_is_left_alone_and_says_so(
+    control_plane: ControlPlane, nodes: Nodes, namespace: str, operator: Operator
+) -> None:
+    kube = control_plane.kube
+    _secret(kube, namespace)
+    kube.apply(_collector(tolerations=[nodes.toleration]), namespace)
+    eventually(lambda: _ready(kube, namespace, "3/3"), timeout=90, what="READY 3/3")
+
+    kube.apply(_collector(tolerations=[nodes.toleration], paused=True), namespace)
+    eventually(lambda: status_of(kube, namespace, NAME).get("phase") == "Paused", timeout=30, what="phase Paused")
+    kube.delete(SVC.format(ns=namespace))
+    time.sleep(3 * 2.0 + 1)
+    assert get_or_none(kube, SVC.format(ns=namespace)) is None
+    assert condition(status_of(kube, namespace, NAME), "Reconciled")["reason"] == "Paused"
+
+    kube.apply(_collector(tolerations=[nodes.toleration]), namespace)
+    eventually(lambda: kube.get(SVC.format(ns=namespace)), timeout=30, what="Service back after unpausing")
+
+
+def test_deleting_the_collector_deletes_its_children(
+    control_plane: ControlPlane, nodes: Nodes, namespace: str, operator: Operator
+) -> None:
+    kube = control_plane.kube
+    _secret(kube, namespace)
+    kube.apply(_collector(), namespace)
+    eventually(lambda: kube.get(DS.format(ns=namespace)), timeout=60, what="DaemonSet created")
+    collector = kube.get(collector_path(namespace, NAME))
+    assert not collector["metadata"].get("finalizers"), "collectors carry no finalizer"
+
+    kube.delete(collector_path(namespace, NAME))
+    for path in (DS, CM, SVC):
+        eventually(
+            lambda p=path: get_or_none(kube, p.format(ns=namespace)) is None, timeout=60, what=f"{path} collected"
+        )
+
+
+def test_operator_restart_makes_no_duplicates_and_no_writes(
+    control_plane: ControlPlane, nodes: Nodes, namespace: str, operator: Operator
+) -> None:
+    kube = control_plane.kube
+    _secret(kube, namespace)
+    kube.apply(_collector(tolerations=[nodes.toleration]), namespace)
+    eventually(lambda: _ready(kube, namespace, "3/3"), timeout=90, what="READY 3/3")
+    time.sleep(3 * 2.0)  # let the status settle (DataFlowing etc.)
+
+    def versions() -> dict[str, str]:
+        return {p: kube.get(p.format(ns=namespace))["metadata"]["resourceVersion"] for p in (DS, CM, SVC)} | {
+            "collector": kube.get(collector_path(namespace, NAME))["metadata"]["resourceVersion"]
+        }
+
+    before = versions()
+    operator.restart()
+    time.sleep(4 * 2.0 + 3)
+    assert versions() == before
+    daemonsets = kube.get(f"/apis/apps/v1/namespaces/{namespace}/daemonsets")["items"]
+    assert [d["metadata"]["name"] for d in daemonsets] == [f"{NAME}-agent"]
