@@ -31,6 +31,11 @@ first in the repository's ``.venv/bin`` (so ``observatory-agent``, ``python`` or
   mountPath first). ``--flag=/mount/path`` is rewritten the same way after the ``=``.
   Paths a program builds itself from constants are not rewritten: pass them in args/env.
 
+Networking: all pods share the host's network namespace, so a project process that binds a
+wildcard address (``0.0.0.0``/``""``) is pinned to its pod IP by ``podshim/sitecustomize.py``
+(on PYTHONPATH; wildcard IPv6 binds fail with EADDRNOTAVAIL, which asyncio skips). Three agents
+can then all serve ``:8080``, each on its own pod IP, as they would in a cluster.
+
 Readiness follows the readinessProbe (httpGet, tcpSocket, exec; against the pod IP) with
 its thresholds; probe periods are capped at ``max_probe_period`` so tests do not wait out
 10 s defaults. A livenessProbe that fails its threshold restarts the container. A process
@@ -78,6 +83,7 @@ PROJECT_IMAGE = "ghcr.io/happy-patterns-org/happy-observatory"
 IMAGE_ENTRYPOINT = ["observatory-agent"]
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = REPO / ".venv" / "bin"
+POD_SHIM = Path(__file__).resolve().parent / "podshim"
 KUBELET_VERSION = "v1.34.4"
 POOL_LABEL = "happypatterns.org/pool"
 ZONE_LABEL = "topology.kubernetes.io/zone"
@@ -256,7 +262,9 @@ def rewrite_path(value: str, mounts: list[tuple[str, Path]]) -> str:
     for mount_path, real in mounts:
         mp = mount_path.rstrip("/") or "/"
         if value == mp or value.startswith(mp + "/"):
-            return str(real) + value[len(mp) :]
+            rest = value[len(mp) :]
+            base = str(real).rstrip("/")
+            return base + rest if base or rest else "/"
     if value.startswith("-") and "=" in value:
         flag, _, rest = value.partition("=")
         rewritten = rewrite_path(rest, mounts)
@@ -575,6 +583,9 @@ class PodWorker:
             "VIRTUAL_ENV": str(VENV_BIN.parent),
             "KUBERNETES_SERVICE_HOST": self.sim.kube.host,
             "KUBERNETES_SERVICE_PORT": str(self.sim.kube.port),
+            # podshim/sitecustomize.py pins wildcard binds to this IP (see the module docstring).
+            "PYTHONPATH": str(POD_SHIM),
+            "HAPPY_OBSERVATORY_POD_IP": self.pod_ip,
         }
         for src in c.spec.get("envFrom") or []:
             prefix = src.get("prefix", "")

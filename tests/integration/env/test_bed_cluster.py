@@ -8,6 +8,7 @@ import urllib.request
 
 import pytest
 from kubernetes import client
+
 from tests.env.controlplane import ControlPlane
 from tests.env.fixtures import Nodes, wait_until
 from tests.env.influx import InfluxDB

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from tests.env.controlplane import ControlPlane
 from tests.env.dev import install_crds
 from tests.env.nodesim import REPO

@@ -7,6 +7,7 @@ import time
 import pytest
 from influxdb_client import Point, WritePrecision
 from influxdb_client.client.write_api import SYNCHRONOUS
+
 from tests.env.influx import InfluxDB
 
 pytestmark = pytest.mark.integration

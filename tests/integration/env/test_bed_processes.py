@@ -8,6 +8,7 @@ import textwrap
 import urllib.request
 
 import pytest
+
 from tests.env.controlplane import ControlPlane
 from tests.env.fixtures import Nodes, wait_until
 from tests.env.kube import Obj
@@ -235,3 +236,31 @@ def test_init_containers_run_first_and_readiness_gates_ready(
     assert conds["Ready"] == "False"
     assert status["containerStatuses"][0]["ready"] is False
     assert "running" in status["containerStatuses"][0]["state"]
+
+
+def test_pods_binding_the_same_wildcard_port_each_get_their_own_ip(
+    control_plane: ControlPlane, nodes: Nodes, namespace: str
+) -> None:
+    kube = control_plane.kube
+    serve = (
+        "import http.server, os\n"
+        "class H(http.server.BaseHTTPRequestHandler):\n"
+        "    def do_GET(self):\n"
+        "        self.send_response(200); self.end_headers(); self.wfile.write(os.environ['HOSTNAME'].encode())\n"
+        "http.server.HTTPServer(('0.0.0.0', 8080), H).serve_forever()\n"
+    )
+    container = {
+        "name": "web",
+        "image": IMAGE,
+        "command": ["python", "-c", serve],
+        "readinessProbe": {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1},
+    }
+    body = deployment("wild", [container])
+    body["spec"]["replicas"] = 3
+    kube.create(f"/apis/apps/v1/namespaces/{namespace}/deployments", body)
+    dep = f"/apis/apps/v1/namespaces/{namespace}/deployments/wild"
+    wait_until(lambda: kube.get(dep)["status"].get("readyReplicas") == 3, what="3 replicas on :8080 Ready")
+    pods, _ = kube.list(f"/api/v1/namespaces/{namespace}/pods", labelSelector="app=wild")
+    for pod in pods:
+        assert get(f"http://{pod['status']['podIP']}:8080/").decode() == pod["metadata"]["name"]
+        assert pod["status"]["containerStatuses"][0]["restartCount"] == 0
