@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -56,6 +57,22 @@ def install_crds(kube: Kube, crd_dir: Path, timeout: float = 30.0) -> list[str]:
     return names
 
 
+def point_examples_at_local_influxdb(kube: Kube, influx: InfluxDB, namespace: str = "default") -> None:
+    """The examples target an in-cluster InfluxDB; locally there is this one (and its token Secret)."""
+    kube.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "influxdb-auth", "namespace": namespace},
+            "stringData": {"token": influx.token},
+        }
+    )
+    path = f"/api/v1/namespaces/{namespace}/configmaps/observatory-shared-config"
+    if kube.exists(path):
+        local = {"influxdb_url": influx.url, "influxdb_org": influx.org, "influxdb_bucket": influx.bucket}
+        kube.patch(path, {"data": local}, "merge")
+
+
 def apply_examples(kube: Kube, examples: Path, namespace: str = "default") -> list[str]:
     """Apply every document of ``examples/*.yaml``; report (not raise) the ones refused."""
     docs: list[dict[str, Any]] = []
@@ -87,7 +104,14 @@ def start_operator(kubeconfig: Path, logs: Path, influx: InfluxDB) -> Process | 
         INFLUXDB_ORG=influx.org,
         INFLUXDB_BUCKET=influx.bucket,
     )
-    proc = Process("observatory-operator", [str(exe)], log=logs / "operator.log", env=env, cwd=REPO)
+    argv = [str(exe)]
+    helptext = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=False, env=env).stdout
+    if "--all-namespaces" in helptext:
+        argv.append("--all-namespaces")  # the examples live in `default`; watch everything anyway
+    if "--liveness" in helptext:
+        # On loopback and a free port: a wildcard :8080 would shadow every pod IP's :8080.
+        argv += ["--liveness", f"http://127.0.0.1:{free_port()}/healthz"]
+    proc = Process("observatory-operator", argv, log=logs / "operator.log", env=env, cwd=REPO)
     proc.start()
     time.sleep(3)  # an unfinished operator exits at once; a real one keeps running
     if not proc.alive():
@@ -131,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         crds = install_crds(cp.kube, REPO / "crds")
         print(f"✓ CRDs installed: {', '.join(crds) or 'none in crds/'}", flush=True)
         applied = apply_examples(cp.kube, REPO / "examples")
+        point_examples_at_local_influxdb(cp.kube, influx)
         print(f"✓ examples applied: {', '.join(applied) or 'none'}", flush=True)
+        print(f"  (Secret influxdb-auth and the shared-config's InfluxDB point at {influx.url})", flush=True)
         if not args.no_operator:
             operator = start_operator(cp.kubeconfig, logs, influx)
         print(

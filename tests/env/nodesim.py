@@ -2,7 +2,8 @@
 
 There is no kubelet and no container runtime here, so this module plays the kubelet for N
 Node objects it registers (zone and pool labels, one node tainted, a loopback InternalIP
-``127.0.1.N`` each, leases renewed in ``kube-node-lease``).
+``127.0.1.N`` each, leases renewed in ``kube-node-lease``). Node and pod IPs are leased
+machine-wide (``LoopbackIPs``), so concurrent beds on one machine never share an address.
 
 For every pod bound to one of those nodes it reports what a kubelet would: phase,
 conditions (PodReadyToStartContainers, Initialized, ContainersReady, Ready, PodScheduled),
@@ -31,10 +32,12 @@ first in the repository's ``.venv/bin`` (so ``observatory-agent``, ``python`` or
   mountPath first). ``--flag=/mount/path`` is rewritten the same way after the ``=``.
   Paths a program builds itself from constants are not rewritten: pass them in args/env.
 
-Networking: all pods share the host's network namespace, so a project process that binds a
-wildcard address (``0.0.0.0``/``""``) is pinned to its pod IP by ``podshim/sitecustomize.py``
-(on PYTHONPATH; wildcard IPv6 binds fail with EADDRNOTAVAIL, which asyncio skips). Three agents
-can then all serve ``:8080``, each on its own pod IP, as they would in a cluster.
+Namespaces, emulated for Python: ``podshim/sitecustomize.py`` is on every project process's
+PYTHONPATH. It pins wildcard binds (``0.0.0.0``/``""``) to the pod IP, so three agents can all
+serve ``:8080`` as they would in their own network namespaces (wildcard IPv6 binds fail with
+EADDRNOTAVAIL, which asyncio skips); and it maps Python-level file access (``open``,
+``os.stat``, ``os.listdir``, ``os.scandir``, ...) under a mountPath to the materialised
+directory, so a path that only appears inside a config file (a token file, say) works too.
 
 Readiness follows the readinessProbe (httpGet, tcpSocket, exec; against the pod IP) with
 its thresholds; probe periods are capped at ``max_probe_period`` so tests do not wait out
@@ -69,8 +72,8 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tests.env.kube import ApiError, Kube, Obj, now_rfc3339
@@ -106,7 +109,10 @@ class SimNode:
 
 
 def default_nodes(count: int = 3, prefix: str = "node") -> list[SimNode]:
-    """``count`` nodes over three zones; the last one is a tainted ``gpu`` pool node."""
+    """``count`` nodes over three zones; the last one is a tainted ``gpu`` pool node.
+
+    Their IPs (``127.0.1.N``) are only preferences: ``NodeSimulator.start()`` leases free ones.
+    """
     nodes = []
     for i in range(1, count + 1):
         last = i == count and count > 1
@@ -288,6 +294,57 @@ class NotReadyError(Exception):
         super().__init__(message)
         self.reason = reason
         self.message = message
+
+
+class LoopbackIPs:
+    """Machine-wide leases on loopback IPs, so concurrent beds (test sessions, `make dev`) never share one.
+
+    A lease is a file named after the IP holding the owner's pid, created with O_EXCL; a lease
+    whose owner is dead is taken over.
+    """
+
+    def __init__(self, directory: Path | None = None) -> None:
+        self.dir = directory or Path(tempfile.gettempdir()) / "happy-observatory-ips"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.held: set[str] = set()
+        self._lock = threading.Lock()
+
+    def _try(self, ip: str) -> bool:
+        path = self.dir / ip
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    os.kill(int(path.read_text() or "0"), 0)
+                    return False  # held by a live process
+                except PermissionError:
+                    return False
+                except (ValueError, ProcessLookupError, FileNotFoundError):
+                    path.unlink(missing_ok=True)  # stale: its owner is gone
+                    continue
+            with os.fdopen(fd, "w") as fh:
+                fh.write(str(os.getpid()))
+            self.held.add(ip)
+            return True
+        return False
+
+    def acquire(self, candidates: Iterable[str]) -> str:
+        with self._lock:
+            for ip in candidates:
+                if ip not in self.held and self._try(ip):
+                    return ip
+        raise RuntimeError(f"no free loopback IP left (leases in {self.dir})")
+
+    def release(self, ip: str) -> None:
+        with self._lock:
+            if ip in self.held:
+                self.held.discard(ip)
+                (self.dir / ip).unlink(missing_ok=True)
+
+    def release_all(self) -> None:
+        for ip in list(self.held):
+            self.release(ip)
 
 
 # --- containers -------------------------------------------------------------------------
@@ -586,6 +643,7 @@ class PodWorker:
             # podshim/sitecustomize.py pins wildcard binds to this IP (see the module docstring).
             "PYTHONPATH": str(POD_SHIM),
             "HAPPY_OBSERVATORY_POD_IP": self.pod_ip,
+            "HAPPY_OBSERVATORY_MOUNTS": json.dumps([(m, str(r)) for m, r in mounts]),
         }
         for src in c.spec.get("envFrom") or []:
             prefix = src.get("prefix", "")
@@ -929,6 +987,7 @@ class NodeSimulator:
         self.workers: dict[str, PodWorker] = {}
         self._lock = threading.Lock()
         self._next_ip = 0
+        self.ips = LoopbackIPs()
         self.by_name = {n.name: n for n in self.nodes}
         self._since: dict[tuple[str, str], str] = {}
         self.allocatable = dict(self.capacity)
@@ -955,6 +1014,13 @@ class NodeSimulator:
         started = time.monotonic()
         self.work_dir.mkdir(parents=True, exist_ok=True)
         (self.logs_dir / "pods").mkdir(parents=True, exist_ok=True)
+        leased = []
+        for node in self.nodes:
+            preferred = [node.ip] if node.ip else []
+            ip = self.ips.acquire([*preferred, *(f"127.0.1.{i}" for i in range(1, 255))])
+            leased.append(replace(node, ip=ip))
+        self.nodes[:] = leased
+        self.by_name = {n.name: n for n in self.nodes}
         for node in self.nodes:
             self._register(node)
             self._renew_lease(node)
@@ -981,10 +1047,13 @@ class NodeSimulator:
         for w in workers:
             w.thread.join(timeout=10)
             w._kill_all(grace=0)  # belt and braces if the worker thread was stuck
+        self.ips.release_all()
 
     def forget(self, uid: str) -> None:
         with self._lock:
-            self.workers.pop(uid, None)
+            worker = self.workers.pop(uid, None)
+        if worker is not None and worker.pod_ip != worker.node.ip:
+            self.ips.release(worker.pod_ip)
 
     # --- nodes and leases ---
 
@@ -1095,11 +1164,16 @@ class NodeSimulator:
 
     # --- dispatch ---
 
+    def _pod_ip_candidates(self) -> Iterator[str]:
+        space = 254 * 254
+        for _ in range(space):
+            with self._lock:
+                n = self._next_ip % space
+                self._next_ip += 1  # round-robin: a freed IP is not handed out again at once
+            yield f"127.0.{2 + n // 254}.{1 + n % 254}"
+
     def _allocate_ip(self) -> str:
-        with self._lock:
-            n = self._next_ip
-            self._next_ip += 1
-        return f"127.0.{2 + n // 254}.{1 + n % 254}"
+        return self.ips.acquire(self._pod_ip_candidates())
 
     def _on_pod(self, kind: str, pod: Obj) -> None:
         node = self.by_name.get((pod.get("spec") or {}).get("nodeName", ""))

@@ -1,18 +1,31 @@
 """Imported by project pods' Python processes (the node simulator puts this dir on PYTHONPATH).
 
-In a cluster every pod has its own network namespace, so binding ``0.0.0.0:8080`` in two pods
-is fine. Here all pods share the host's, so a wildcard IPv4 bind is pinned to the pod's own
-loopback IP, and a wildcard IPv6 bind reports EADDRNOTAVAIL (asyncio then serves IPv4 only).
+Two things a container gets from its own namespaces, emulated for a process on the host:
+
+* Network: every pod has its own network namespace in a cluster, so two pods may both bind
+  ``0.0.0.0:8080``. Here all pods share the host's, so a wildcard IPv4 bind is pinned to the
+  pod's own loopback IP, and a wildcard IPv6 bind reports EADDRNOTAVAIL (asyncio then serves
+  IPv4 only).
+* Mounts: a container sees its volumes at their mountPaths. Here ``open``, ``os.open``,
+  ``os.stat``/``lstat``, ``os.listdir``/``scandir`` and ``os.access`` map a path under a
+  mountPath to the materialised directory, so paths written into config files work too.
+  Only Python-level file access is mapped (not C extensions or child programs).
 """
 
 from __future__ import annotations
 
+import builtins
 import errno
+import io
+import json
 import os
 import socket
 from typing import Any
 
 _POD_IP = os.environ.get("HAPPY_OBSERVATORY_POD_IP")
+_MOUNTS: list[tuple[str, str]] = [
+    (str(m).rstrip("/"), str(r)) for m, r in json.loads(os.environ.get("HAPPY_OBSERVATORY_MOUNTS", "[]")) if m != "/"
+]
 
 if _POD_IP:
     _original_bind = socket.socket.bind
@@ -25,4 +38,42 @@ if _POD_IP:
                 raise OSError(errno.EADDRNOTAVAIL, "simulated pod network is IPv4-only")
         _original_bind(self, address)
 
-    socket.socket.bind = _bind  # type: ignore[method-assign]
+    socket.socket.bind = _bind  # type: ignore[method-assign,assignment]
+
+
+def _map(path: Any) -> Any:
+    if isinstance(path, int):
+        return path
+    try:
+        text = os.fspath(path)
+    except TypeError:
+        return path
+    if not isinstance(text, str) or not text.startswith("/"):
+        return path
+    for mount, real in _MOUNTS:
+        if text == mount or text.startswith(mount + "/"):
+            return real + text[len(mount) :]
+    return path
+
+
+def _wrap(fn: Any) -> Any:
+    def mapped(*args: Any, **kwargs: Any) -> Any:
+        if args:
+            args = (_map(args[0]), *args[1:])
+        elif "path" in kwargs:
+            kwargs["path"] = _map(kwargs["path"])
+        elif "file" in kwargs:
+            kwargs["file"] = _map(kwargs["file"])
+        return fn(*args, **kwargs)
+
+    mapped.__name__ = getattr(fn, "__name__", "mapped")
+    mapped.__doc__ = getattr(fn, "__doc__", None)
+    return mapped
+
+
+if _MOUNTS:
+    _open = _wrap(builtins.open)
+    builtins.open = _open
+    io.open = _open
+    for _name in ("open", "stat", "lstat", "listdir", "scandir", "access"):
+        setattr(os, _name, _wrap(getattr(os, _name)))

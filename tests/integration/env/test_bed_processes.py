@@ -29,13 +29,15 @@ SERVER = textwrap.dedent(
     print("argv " + json.dumps(sys.argv), flush=True)
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
-            body = pathlib.Path(os.environ["CONFIG"]).read_bytes()
+            # /const reads the container path itself, as a path written in a config file would be.
+            path = "/etc/demo/settings.json" if self.path == "/const" else os.environ["CONFIG"]
+            body = pathlib.Path(path).read_bytes()
             self.send_response(200)
             self.end_headers()
             self.wfile.write(body)
         def log_message(self, *args):
             pass
-    http.server.HTTPServer((os.environ["POD_IP"], 8080), Handler).serve_forever()
+    http.server.HTTPServer((os.environ["POD_IP"], 18080), Handler).serve_forever()
     """
 )
 
@@ -96,7 +98,7 @@ def test_project_pod_runs_with_env_volumes_readiness_and_config_updates(
             {"name": "MODE", "value": "serve"},
             {"name": "CONFIG", "value": "/etc/demo/settings.json"},
         ],
-        "ports": [{"name": "http", "containerPort": 8080}],
+        "ports": [{"name": "http", "containerPort": 18080}],
         "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
         "volumeMounts": [{"name": "demo", "mountPath": "/etc/demo", "readOnly": True}],
     }
@@ -131,12 +133,13 @@ def test_project_pod_runs_with_env_volumes_readiness_and_config_updates(
     argv = json.loads(next(x for x in lines if x.startswith("argv "))[5:])
     assert argv == [f"{volume}/server.py", f"--config={volume}/settings.json", "serve"]
     assert os.readlink(volume / "settings.json") == "..data/settings.json"
-    assert json.loads(get(f"http://{pod_ip}:8080/")) == {"v": 1}
+    assert json.loads(get(f"http://{pod_ip}:18080/")) == {"v": 1}
+    assert json.loads(get(f"http://{pod_ip}:18080/const")) == {"v": 1}
 
     # A ConfigMap change reaches the running process through the ..data swap, without a restart.
     before = os.readlink(volume / "..data")
     kube.patch(f"{ns_path}/configmaps/demo", {"data": {"settings.json": '{"v": 2}'}})
-    wait_until(lambda: json.loads(get(f"http://{pod_ip}:8080/")) == {"v": 2}, what="the updated settings served")
+    wait_until(lambda: json.loads(get(f"http://{pod_ip}:18080/")) == {"v": 2}, what="the updated settings served")
     assert os.readlink(volume / "..data") != before
     pid = worker.pid("server")
     assert pid is not None
@@ -247,20 +250,20 @@ def test_pods_binding_the_same_wildcard_port_each_get_their_own_ip(
         "class H(http.server.BaseHTTPRequestHandler):\n"
         "    def do_GET(self):\n"
         "        self.send_response(200); self.end_headers(); self.wfile.write(os.environ['HOSTNAME'].encode())\n"
-        "http.server.HTTPServer(('0.0.0.0', 8080), H).serve_forever()\n"
+        "http.server.HTTPServer(('0.0.0.0', 18080), H).serve_forever()\n"
     )
     container = {
         "name": "web",
         "image": IMAGE,
         "command": ["python", "-c", serve],
-        "readinessProbe": {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1},
+        "readinessProbe": {"httpGet": {"path": "/", "port": 18080}, "periodSeconds": 1},
     }
     body = deployment("wild", [container])
     body["spec"]["replicas"] = 3
     kube.create(f"/apis/apps/v1/namespaces/{namespace}/deployments", body)
     dep = f"/apis/apps/v1/namespaces/{namespace}/deployments/wild"
-    wait_until(lambda: kube.get(dep)["status"].get("readyReplicas") == 3, what="3 replicas on :8080 Ready")
+    wait_until(lambda: kube.get(dep)["status"].get("readyReplicas") == 3, what="3 replicas on :18080 Ready")
     pods, _ = kube.list(f"/api/v1/namespaces/{namespace}/pods", labelSelector="app=wild")
     for pod in pods:
-        assert get(f"http://{pod['status']['podIP']}:8080/").decode() == pod["metadata"]["name"]
+        assert get(f"http://{pod['status']['podIP']}:18080/").decode() == pod["metadata"]["name"]
         assert pod["status"]["containerStatuses"][0]["restartCount"] == 0
