@@ -941,6 +941,11 @@ class PodWorker:
         }
         if inits:
             status["initContainerStatuses"] = [c.status() for c in inits]
+        generation = self.pod["metadata"].get("generation")
+        if generation is not None:  # the kubelet reports which pod spec it acted on (1.34+)
+            status["observedGeneration"] = generation
+            for cond in status["conditions"]:
+                cond["observedGeneration"] = generation
         body = json.dumps(status, sort_keys=True)
         if body == self.last_sent:
             return
