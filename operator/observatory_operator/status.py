@@ -127,6 +127,12 @@ class Observed:
     previous_conditions: Sequence[Obj] = ()
 
 
+TRANSIENT_REASONS: Final = frozenset(
+    {"NoDaemonSet", "RolloutPending", "AgentsNotReady", "WaitingForAgents", "WaitingForFirstWrite", "Paused"}
+)
+"""False/Unknown reasons that are a normal step of a rollout or a user's choice: Normal Events, not Warnings."""
+
+
 @dataclass(frozen=True)
 class Transition:
     """A condition whose status changed this round: worth an Event."""
@@ -135,6 +141,11 @@ class Transition:
     status: str
     reason: str
     message: str
+
+    @property
+    def warning(self) -> bool:
+        """Whether someone should look: a condition turned False for a reason that will not pass by itself."""
+        return self.status == "False" and self.reason not in TRANSIENT_REASONS
 
 
 @dataclass(frozen=True)

@@ -159,8 +159,7 @@ async def _observe_and_write(runtime: Runtime, rnd: _Round) -> None:
     computed = status.compute(observed, datetime.now(UTC))
     await _patch_status(runtime, body, computed.status)
     for t in computed.transitions:
-        warning = t.status == "False" and t.reason != "Paused"
-        kind = "Warning" if warning else "Normal"
+        kind = "Warning" if t.warning else "Normal"
         await events.post(runtime.kube, body, kind, t.reason or t.type, f"{t.type}={t.status}: {t.message}")
 
 

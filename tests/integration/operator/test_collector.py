@@ -251,3 +251,57 @@ def test_operator_restart_makes_no_duplicates_and_no_writes(
     assert versions() == before
     daemonsets = kube.get(f"/apis/apps/v1/namespaces/{namespace}/daemonsets")["items"]
     assert [d["metadata"]["name"] for d in daemonsets] == [f"{NAME}-agent"]
+
+
+def test_daemonset_with_another_selector_is_recreated(
+    control_plane: ControlPlane, nodes: Nodes, namespace: str, operator: Operator
+) -> None:
+    """A selector is immutable: a DaemonSet left by an older release with another selector is replaced."""
+    kube = control_plane.kube
+    _secret(kube, namespace)
+    kube.apply(_collector(paused=True), namespace)
+    owner = kube.get(collector_path(namespace, NAME))
+    legacy_labels = {"app": "legacy-agent"}
+    kube.apply(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "DaemonSet",
+            "metadata": {
+                "name": f"{NAME}-agent",
+                "ownerReferences": [
+                    {
+                        "apiVersion": owner["apiVersion"],
+                        "kind": owner["kind"],
+                        "name": NAME,
+                        "uid": owner["metadata"]["uid"],
+                        "controller": True,
+                        "blockOwnerDeletion": True,
+                    }
+                ],
+            },
+            "spec": {
+                "selector": {"matchLabels": legacy_labels},
+                "template": {
+                    "metadata": {"labels": legacy_labels},
+                    "spec": {"containers": [{"name": "agent", "image": STAND_IN_IMAGE}]},
+                },
+            },
+        },
+        namespace,
+    )
+    legacy_uid = kube.get(DS.format(ns=namespace))["metadata"]["uid"]
+
+    kube.apply(_collector(), namespace)
+
+    def recreated() -> dict[str, Any] | None:
+        ds = kube.get(DS.format(ns=namespace))
+        return ds if ds["metadata"]["uid"] != legacy_uid else None
+
+    ds = eventually(recreated, timeout=30, what="DaemonSet recreated with the new selector")
+    assert ds["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] == "happy-observatory-agent"
+
+    def recreated_event() -> bool:
+        events = kube.get(f"/api/v1/namespaces/{namespace}/events")["items"]
+        return any(e.get("reason") == "Recreated" for e in events)
+
+    eventually(recreated_event, timeout=15, what="a Recreated Event")

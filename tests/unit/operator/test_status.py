@@ -413,3 +413,10 @@ def test_pods_not_created_yet_are_waiting_not_failing_data() -> None:
     result = compute(daemonset=creating, nodes=NODES[:2], pods=[])
     assert cond(result, "DataFlowing")["status"] == "Unknown"
     assert cond(result, "DataFlowing")["reason"] == "WaitingForAgents"
+
+
+def test_rollout_steps_are_not_warnings_but_failures_are() -> None:
+    first = compute(daemonset=None)
+    assert not any(t.warning for t in first.transitions)
+    failing = compute(daemonset=ds(2, 1), pods=[pod("a-1", "node-a"), CRASHING], nodes=NODES[:2])
+    assert any(t.warning and t.reason == "AgentsFailing" for t in failing.transitions)
