@@ -11,6 +11,7 @@ Loaded from ``tests/conftest.py``. Fixtures:
   (same port and data), ``.client()``.
 * ``namespace`` (function): the name of a fresh namespace, deleted after the test.
 * ``helm`` (session): the built Helm binary's path.
+* ``bed_root`` (session): the session's bed directory (``logs/`` in it is where to put extra logs).
 
 Binaries the selected tests need are built (if missing) right after collection, outside any
 test's timeout; ``make env`` / ``python3 tests/env/build.py`` does the same up front.
