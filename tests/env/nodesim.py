@@ -424,7 +424,8 @@ class PodWorker:
         self.namespace: str = meta["namespace"]
         self.name: str = meta["name"]
         self.uid: str = meta["uid"]
-        self.dir = sim.work_dir / "pods" / f"{self.namespace}_{self.name}_{self.uid[:8]}"
+        # Readable, unique, and within NAME_MAX even for the longest namespace and pod names.
+        self.dir = sim.work_dir / "pods" / (f"{self.namespace}_{self.name}"[:200] + f"_{self.uid[:8]}")
         self.start_time = now_rfc3339()
         spec = pod["spec"]
         self.restart_policy: str = spec.get("restartPolicy", "Always")
