@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, disable_created_metrics
 
 
 class Telemetry:
     """One registry per agent, so tests and the processor can hold their own."""
 
     def __init__(self, version: str, node: str) -> None:
+        # *_created series double the exposition for nothing a dashboard of this agent uses.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         r = self.registry = CollectorRegistry()
         ProcessCollector(registry=r)
         self.build_info = Gauge(
