@@ -165,6 +165,8 @@ class ControlPlane:
                 f"--service-account-signing-key-file={self.pki / 'sa.key'}",
                 "--endpoint-reconciler-type=none",
                 "--allow-privileged=true",
+                # Simulated nodes serve pod logs on their InternalIP; their Hostname does not resolve.
+                "--kubelet-preferred-address-types=InternalIP",
                 # One client, a handful of objects: fairness queues only cost start-up time.
                 "--enable-priority-and-fairness=false",
                 "--profiling=false",

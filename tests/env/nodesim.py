@@ -50,8 +50,9 @@ Containers of any other image get status only: running and ready as soon as the 
 bound (their probes are not run: there is nothing to probe).
 
 Not simulated: securityContext (processes run as the test runner's user), resource limits,
-image pulls, and the kubelet's own API (``kubectl logs``/``exec`` cannot reach a node; read
-``NodeSimulator.pod_log()`` instead). A serviceAccountToken projection is not written.
+image pulls, and most of the kubelet's own API: only ``/containerLogs`` is served (on
+``<node IP>:10250``), so ``kubectl logs [-f] [--previous] [--tail]`` works but ``exec``,
+``port-forward`` and ``attach`` do not. A serviceAccountToken projection is not written.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ import base64
 import contextlib
 import datetime as dt
 import hashlib
+import http.server
 import json
 import logging
 import os
@@ -67,14 +69,17 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from tests.env.kube import ApiError, Kube, Obj, now_rfc3339
 from tests.env.procs import Process, wait_for
@@ -969,6 +974,93 @@ class PodWorker:
         return c.proc.pid if c is not None and c.proc is not None and c.proc.alive() else None
 
 
+# --- the kubelet's log endpoint -----------------------------------------------------------
+
+KUBELET_PORT = 10250
+_START_MARKER = re.compile(r"^=== \d\d:\d\d:\d\d start: .*$\n?", re.M)
+
+
+def container_log(path: Path, previous: bool = False) -> tuple[str, int]:
+    """One run's output from a container's log file (the current run, or the one before) and its end offset."""
+    text = path.read_text(errors="replace")
+    runs = _START_MARKER.split(text)[1:] or [text]
+    if previous:
+        if len(runs) < 2:
+            raise FileNotFoundError("no previous run")
+        return runs[-2], 0
+    return runs[-1], len(text.encode())
+
+
+class KubeletServer:
+    """Serves ``/containerLogs/<ns>/<pod>/<container>`` on the node's IP, so ``kubectl logs`` works.
+
+    The API server proxies pod logs to ``<InternalIP>:10250`` over TLS without verifying the
+    kubelet's certificate (no --kubelet-certificate-authority), so a self-signed one serves.
+    """
+
+    def __init__(self, sim: NodeSimulator, node: SimNode, cert: Path, key: Path) -> None:
+        self.sim = sim
+        self.node = node
+        handler = self._handler()
+        self.httpd = http.server.ThreadingHTTPServer((node.ip, KUBELET_PORT), handler)
+        self.httpd.daemon_threads = True
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(str(cert), str(key))
+        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, name=f"kubelet {node.name}", daemon=True)
+
+    def _handler(self) -> type[http.server.BaseHTTPRequestHandler]:
+        sim = self.sim
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                log.debug("kubelet: " + format, *args)
+
+            def do_GET(self) -> None:
+                url = urllib.parse.urlsplit(self.path)
+                query = urllib.parse.parse_qs(url.query)
+                parts = url.path.strip("/").split("/")
+                if len(parts) != 4 or parts[0] != "containerLogs":
+                    self.send_error(404, "only /containerLogs is simulated")
+                    return
+                _, ns, pod, container = parts
+                path = sim.pod_log(ns, pod, container)
+                try:
+                    body, offset = container_log(path, previous=query.get("previous", [""])[0] == "true")
+                except FileNotFoundError:
+                    self.send_error(404, f"no logs for {ns}/{pod}/{container}")
+                    return
+                tail = query.get("tailLines", [""])[0]
+                if tail.isdigit():
+                    body = "".join(body.splitlines(keepends=True)[-int(tail) :]) if int(tail) else ""
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.end_headers()
+                self.wfile.write(body.encode())
+                if query.get("follow", [""])[0] == "true":
+                    self._follow(path, offset, ns, pod)
+
+            def _follow(self, path: Path, offset: int, ns: str, pod: str) -> None:
+                with contextlib.suppress(OSError), path.open("rb") as fh:
+                    fh.seek(offset)
+                    while not sim.stopping.is_set() and sim.worker(ns, pod) is not None:
+                        chunk = fh.read()
+                        if chunk:
+                            self.wfile.write(chunk)
+                            self.wfile.flush()
+                        else:
+                            time.sleep(0.2)
+
+        return Handler
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
 # --- the simulator ----------------------------------------------------------------------
 
 
@@ -994,6 +1086,7 @@ class NodeSimulator:
         self._lock = threading.Lock()
         self._next_ip = 0
         self.ips = LoopbackIPs()
+        self.kubelets: list[KubeletServer] = []
         self.by_name = {n.name: n for n in self.nodes}
         self._since: dict[tuple[str, str], str] = {}
         self.allocatable = dict(self.capacity)
@@ -1027,6 +1120,7 @@ class NodeSimulator:
             leased.append(replace(node, ip=ip))
         self.nodes[:] = leased
         self.by_name = {n.name: n for n in self.nodes}
+        self._start_kubelets()
         for node in self.nodes:
             self._register(node)
             self._renew_lease(node)
@@ -1041,9 +1135,30 @@ class NodeSimulator:
         wait_for(self._all_schedulable, timeout=timeout, what="nodes without the not-ready taint", interval=0.25)
         self.startup_seconds = time.monotonic() - started
 
+    def _start_kubelets(self) -> None:
+        cert, key = self.work_dir / "kubelet.crt", self.work_dir / "kubelet.key"
+        proc = subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", str(key), "-out", str(cert), "-days", "30", "-subj", "/CN=simulated-kubelet"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            log.warning("no kubelet log endpoint (kubectl logs will not work): %s", proc.stderr.strip())
+            return
+        for node in self.nodes:
+            try:
+                server = KubeletServer(self, node, cert, key)
+            except OSError as exc:  # the port is taken on that IP: logs stay readable from the files
+                log.warning("node %s: no kubelet log endpoint on %s:%d: %s", node.name, node.ip, KUBELET_PORT, exc)
+                continue
+            server.start()
+            self.kubelets.append(server)
+
     def stop(self) -> None:
         """Stop every pod process and every watch; Node objects stay (they die with the cluster)."""
         self.stopping.set()
+        for kubelet in self.kubelets:
+            kubelet.stop()
         for informer in (self.pods, self.configmaps, self.secrets):
             informer.stop()
         with self._lock:

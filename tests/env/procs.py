@@ -77,7 +77,13 @@ class Process:
     def start(self) -> None:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as out:
-            out.write(f"\n=== {time.strftime('%H:%M:%S')} start: {' '.join(self.argv)}\n".encode())
+            # One marker line per start, at a line start, so readers can split the runs apart.
+            if out.tell():
+                with self.log.open("rb") as last:
+                    last.seek(-1, os.SEEK_END)
+                    if last.read(1) != b"\n":
+                        out.write(b"\n")
+            out.write(f"=== {time.strftime('%H:%M:%S')} start: {' '.join(self.argv)}\n".encode())
             out.flush()
             self.popen = subprocess.Popen(
                 self.argv,

@@ -135,6 +135,9 @@ def test_project_pod_runs_with_env_volumes_readiness_and_config_updates(
     assert os.readlink(volume / "settings.json") == "..data/settings.json"
     assert json.loads(get(f"http://{pod_ip}:18080/")) == {"v": 1}
     assert json.loads(get(f"http://{pod_ip}:18080/const")) == {"v": 1}
+    # kubectl logs reaches the simulated kubelet through the API server.
+    logs = control_plane.kubectl("logs", "-n", namespace, name, "-c", "server", "--tail=2").stdout
+    assert logs.splitlines()[0].startswith("env ")
 
     # A ConfigMap change reaches the running process through the ..data swap, without a restart.
     before = os.readlink(volume / "..data")
@@ -186,6 +189,8 @@ def test_project_commands_run_and_crashes_count_restarts(
     name = pod["metadata"]["name"]
     crash_log = nodes.pod_log(namespace, name, "crasher").read_text()
     assert crash_log.count("crashing on purpose") >= 3
+    previous = control_plane.kubectl("logs", "-n", namespace, name, "-c", "crasher", "--previous").stdout
+    assert previous == "crashing on purpose\n"
     agent_log = nodes.pod_log(namespace, name, "agent").read_text()
     assert "observatory" in agent_log.lower()
     assert "lastState" in got["agent"]
