@@ -82,13 +82,13 @@ def build_registry(settings: Settings, *, peering: str | None, all_namespaces: b
     """The handlers this operator runs, in a registry of its own (not kopf's import-time global one)."""
     registry = kopf.OperatorRegistry()
 
-    @kopf.on.login(registry=registry)
+    @kopf.on.login(id="login", registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         # The same configuration the operator's own client loads: in-cluster, else KUBECONFIG.
         info: kopf.ConnectionInfo | None = kopf.login_via_client(**kwargs)
         return info
 
-    @kopf.on.startup(registry=registry)
+    @kopf.on.startup(id="configure", registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.posting.enabled = False
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)

@@ -233,7 +233,7 @@ async def resync_loop(runtime: Runtime) -> None:
 def register(registry: kopf.OperatorRegistry) -> None:
     """Attach the collector handlers to ``registry`` (explicit, so tests and the CLI choose what runs)."""
 
-    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    @kopf.on.event(GROUP, VERSION, PLURAL, id="remember", registry=registry)
     async def collector_seen(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
         # Only remembers the latest body for the resync loop; no API calls, no writes.
         runtime: Runtime = memo["runtime"]
@@ -242,9 +242,10 @@ def register(registry: kopf.OperatorRegistry) -> None:
         else:
             runtime.bodies[_key(body)] = dict(body)
 
-    @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
-    @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
-    @kopf.on.update(GROUP, VERSION, PLURAL, field="spec", registry=registry)
+    # Stable handler ids: kopf keys its progress annotations by them.
+    @kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile", registry=registry)
+    @kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile", registry=registry)
+    @kopf.on.update(GROUP, VERSION, PLURAL, field="spec", id="reconcile", registry=registry)
     async def collector_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         runtime: Runtime = memo["runtime"]
         runtime.bodies[_key(body)] = dict(body)
@@ -253,12 +254,12 @@ def register(registry: kopf.OperatorRegistry) -> None:
         except errors.TemporaryError as exc:
             raise kopf.TemporaryError(exc.message, delay=exc.delay) from exc
 
-    @kopf.on.startup(registry=registry)
+    @kopf.on.startup(id="start-resync", registry=registry)
     async def start_resync(memo: kopf.Memo, **_: Any) -> None:
         runtime: Runtime = memo["runtime"]
         runtime.resync_task = asyncio.create_task(resync_loop(runtime), name="observatory-resync")
 
-    @kopf.on.cleanup(registry=registry)
+    @kopf.on.cleanup(id="stop-resync", registry=registry)
     async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
         runtime: Runtime = memo["runtime"]
         if runtime.resync_task is not None:

@@ -37,6 +37,7 @@ class Operator:
     process: Process
     argv: list[str]
     env: dict[str, str]
+    liveness: str
 
     def restart(self) -> None:
         self.process.stop()
@@ -65,7 +66,7 @@ def operator(control_plane: ControlPlane, crds: list[str], namespace: str, bed_r
     log = bed_root / "logs" / f"operator-{namespace}.log"
     proc = Process("observatory-operator", argv, log=log, env=env, cwd=REPO)
     proc.start()
-    op = Operator(proc, argv, env)
+    op = Operator(proc, argv, env, f"http://127.0.0.1:{port}/healthz")
     try:
         yield op
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import urllib.request
 from typing import Any
 
 import pytest
@@ -87,6 +88,8 @@ def test_collector_gets_a_daemonset_on_matching_nodes_and_ready_status(
     assert kube.get(SVC.format(ns=namespace))["spec"]["clusterIP"] == "None"
     printed = control_plane.kubectl("get", "obscol", NAME, "-n", namespace).stdout
     assert "3/3" in printed
+    with urllib.request.urlopen(operator.liveness, timeout=5) as answer:  # kopf's liveness endpoint
+        assert answer.status == 200
 
 
 def test_tolerations_change_moves_coverage_and_names_the_uncovered_node(
@@ -305,3 +308,40 @@ def test_daemonset_with_another_selector_is_recreated(
         return any(e.get("reason") == "Recreated" for e in events)
 
     eventually(recreated_event, timeout=15, what="a Recreated Event")
+
+
+SERVICE_MONITOR_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
+    "spec": {
+        "group": "monitoring.coreos.com",
+        "names": {"kind": "ServiceMonitor", "plural": "servicemonitors", "singular": "servicemonitor"},
+        "scope": "Namespaced",
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+            }
+        ],
+    },
+}
+
+
+def test_service_monitor_is_created_when_its_crd_exists(
+    control_plane: ControlPlane, nodes: Nodes, namespace: str, operator: Operator
+) -> None:
+    kube = control_plane.kube
+    kube.apply(SERVICE_MONITOR_CRD)
+    eventually(
+        lambda: kube.get("/apis/monitoring.coreos.com/v1"), timeout=30, what="the ServiceMonitor API being served"
+    )
+    operator.restart()  # the operator caches API discovery for minutes; a fresh one sees the CRD at once
+    _secret(kube, namespace)
+    kube.apply(_collector(), namespace)
+    sm_path = f"/apis/monitoring.coreos.com/v1/namespaces/{namespace}/servicemonitors/{NAME}-agent"
+    monitor = eventually(lambda: kube.get(sm_path), timeout=30, what="ServiceMonitor created")
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    assert monitor["metadata"]["ownerReferences"][0]["controller"] is True
