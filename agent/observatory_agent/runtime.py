@@ -124,6 +124,7 @@ class Agent:
         built = runner.build_collectors(agent.collectors, self.paths, max_timeout=max(0.1, eff.interval * 0.9))
         for name in built.errors:
             self._count_collector_error(name, "load")
+        self._retire(self._collectors)
         self._collectors = built.collectors
         closed: list[ClosedWindow] = []
         if (
@@ -165,6 +166,15 @@ class Agent:
         )
         return closed
 
+    def _retire(self, collectors: list[Collector]) -> None:
+        """Close replaced collectors' resources (application scrapers hold HTTP sessions)."""
+        for collector in collectors:
+            close = getattr(collector, "close", None)
+            if close is not None:
+                task = asyncio.get_running_loop().create_task(close())
+                self._flushes.add(task)
+                task.add_done_callback(self._flushes.discard)
+
     def _count_collector_error(self, name: str, reason: str) -> None:
         self.collector_errors[name] = self.collector_errors.get(name, 0) + 1
         self.telemetry.collector_errors.labels(collector=name, reason=reason).inc()
@@ -176,6 +186,8 @@ class Agent:
         assert self._aggregator is not None
         assert self._loaded is not None
         if not self._loaded.effective.enabled:
+            # Switched off by config: idle but healthy, so a rollout does not stall on readiness.
+            self.first_cycle_done = True
             return 0
         started = time.perf_counter()
         with tracing.span("agent.cycle", collectors=len(self._collectors)):
@@ -295,7 +307,7 @@ class Agent:
         for collector in self._collectors:
             close = getattr(collector, "close", None)
             if close is not None:
-                with contextlib.suppress(Exception):
+                with contextlib.suppress(Exception):  # best effort on the way out
                     await close()
         if self._delivery is not None and self._delivery.writer is not None:
             self._delivery.writer.close()

@@ -136,3 +136,37 @@ def test_sigterm_closes_the_window_early_flushes_and_exits_within_ten_seconds(tm
     record = buffer.peek()
     assert record is not None  # the open 1m window was closed early and kept
     assert any("node=node-a" in line for line in record.lines)
+
+
+async def test_config_change_is_applied_without_restart(tmp_path: Path) -> None:
+    path = _config(tmp_path)
+    watcher = ConfigWatcher(path, None, environ={})
+    agent = Agent(watcher, node="n1", host="h1", paths=HostPaths(), version="t", telemetry=Telemetry("t", "n1"))
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    await asyncio.sleep(1.2)
+    _config(tmp_path, tags={"team": "sre"}, collectors=[{"name": "uptime", "kind": "uptime"}])
+    os.utime(path, ns=(10**9, 10**9))
+    await asyncio.sleep(2.5)
+    stop.set()
+    await asyncio.wait_for(task, timeout=10)
+    assert watcher.reloads["success"] == 1
+    buffer = DurableBuffer(tmp_path / "buffer", 1 << 26)
+    lines = []
+    while (record := buffer.peek()) is not None:
+        lines.extend(record.lines)
+        buffer.ack(record)
+    assert any(line.startswith("system.uptime,") and ",team=sre" in line for line in lines)
+    assert any(line.startswith("system.memory.used,") and "team=" not in line for line in lines)
+
+
+async def test_disabled_agent_is_ready_and_collects_nothing(tmp_path: Path) -> None:
+    watcher = ConfigWatcher(_config(tmp_path, enabled=False), None, environ={})
+    agent = Agent(watcher, node="n1", host="h1", paths=HostPaths(), version="t", telemetry=Telemetry("t", "n1"))
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    await asyncio.sleep(1.5)
+    assert agent.ready
+    stop.set()
+    await asyncio.wait_for(task, timeout=10)
+    assert DurableBuffer(tmp_path / "buffer", 1 << 26).peek() is None
