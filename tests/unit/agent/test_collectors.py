@@ -185,3 +185,28 @@ def test_every_metric_name_is_dotted_and_listed_once() -> None:
     names = [m.name for m in METRICS]
     assert len(names) == len(set(names))
     assert all(n.startswith(("system.", "app.")) for n in names)
+
+
+def test_host_paths_come_from_the_environment_and_reach_psutil() -> None:
+    import psutil
+
+    paths = HostPaths.from_environ({"HOST_PROC": "/host/proc", "HOST_SYS": "/host/sys", "HOST_ROOT": "/host"})
+    assert (paths.proc, paths.sys, paths.root) == (Path("/host/proc"), Path("/host/sys"), Path("/host"))
+    assert paths.in_container
+    assert paths.mounts_file() == Path("/host/proc/1/mounts")
+    assert paths.proc_net("dev") == Path("/host/proc/1/net/dev")
+    assert paths.host_path("/var/lib") == Path("/host/var/lib")
+    before = psutil.PROCFS_PATH
+    try:
+        paths.apply_to_psutil()
+        assert psutil.PROCFS_PATH == "/host/proc"
+    finally:
+        psutil.PROCFS_PATH = before
+
+
+def test_local_host_paths_read_this_machine() -> None:
+    paths = HostPaths.from_environ({})
+    assert not paths.in_container
+    assert paths.mounts_file() == Path("/proc/self/mounts")
+    got = {s.name for s in system.make_load_reader(paths)()} | {s.name for s in system.make_uptime_reader(paths)()}
+    assert got == {"system.load.1", "system.load.5", "system.load.15", "system.uptime"}
