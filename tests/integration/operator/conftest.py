@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -10,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.env.controlplane import ControlPlane
+from observatory_operator import rbac
+from tests.env.controlplane import ControlPlane, write_kubeconfig
 from tests.env.dev import install_crds
 from tests.env.kube import ApiError, Kube
 from tests.env.nodesim import REPO, VENV_BIN
@@ -48,8 +50,7 @@ class Operator:
         return self.process.tail(400)
 
 
-@pytest.fixture
-def operator(control_plane: ControlPlane, crds: list[str], namespace: str, bed_root: Path) -> Iterator[Operator]:
+def _start(kubeconfig: Path, namespace: str, log: Path) -> Operator:
     port = free_port()
     argv = [
         str(VENV_BIN / "observatory-operator"),
@@ -62,15 +63,68 @@ def operator(control_plane: ControlPlane, crds: list[str], namespace: str, bed_r
         "--log-format",
         "plain",
     ]
-    env = {**os.environ, "KUBECONFIG": str(control_plane.kubeconfig), "PYTHONUNBUFFERED": "1"}
-    log = bed_root / "logs" / f"operator-{namespace}.log"
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1"}
     proc = Process("observatory-operator", argv, log=log, env=env, cwd=REPO)
     proc.start()
-    op = Operator(proc, argv, env, f"http://127.0.0.1:{port}/healthz")
+    return Operator(proc, argv, env, f"http://127.0.0.1:{port}/healthz")
+
+
+@pytest.fixture
+def operator(control_plane: ControlPlane, crds: list[str], namespace: str, bed_root: Path) -> Iterator[Operator]:
+    """The operator with the bed's admin credentials."""
+    op = _start(control_plane.kubeconfig, namespace, bed_root / "logs" / f"operator-{namespace}.log")
     try:
         yield op
     finally:
         op.process.stop()
+
+
+@pytest.fixture
+def rbac_operator(control_plane: ControlPlane, crds: list[str], namespace: str, bed_root: Path) -> Iterator[Operator]:
+    """The operator as a ServiceAccount holding exactly ``observatory_operator.rbac``'s rules, nothing more."""
+    kube = control_plane.kube
+    name = f"observatory-operator-{namespace}"
+    account = "observatory-operator"
+    kube.create(f"/api/v1/namespaces/{namespace}/serviceaccounts", {"metadata": {"name": account}})
+    subject = [{"kind": "ServiceAccount", "name": account, "namespace": namespace}]
+    kube.apply(rbac.cluster_role(name, all_namespaces=False))
+    kube.apply(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+            "subjects": subject,
+        }
+    )
+    kube.apply(rbac.role(name, namespace), namespace)
+    kube.apply(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": subject,
+        },
+        namespace,
+    )
+    token = kube.create(
+        f"/api/v1/namespaces/{namespace}/serviceaccounts/{account}/token",
+        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 3600}},
+    )["status"]["token"]
+    kubeconfig = bed_root / f"kubeconfig-{namespace}"
+    write_kubeconfig(kubeconfig, control_plane.server, control_plane.pki / "ca.crt", token, user=account)
+    op = _start(kubeconfig, namespace, bed_root / "logs" / f"operator-{namespace}.log")
+    try:
+        yield op
+    finally:
+        op.process.stop()
+        for path in (
+            f"/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/{name}",
+            f"/apis/rbac.authorization.k8s.io/v1/clusterroles/{name}",
+        ):
+            with contextlib.suppress(ApiError):
+                kube.delete(path)
 
 
 # --- helpers for the tests ----------------------------------------------------------------

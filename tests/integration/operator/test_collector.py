@@ -345,3 +345,16 @@ def test_service_monitor_is_created_when_its_crd_exists(
     monitor = eventually(lambda: kube.get(sm_path), timeout=30, what="ServiceMonitor created")
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
     assert monitor["metadata"]["ownerReferences"][0]["controller"] is True
+
+
+def test_operator_works_with_exactly_its_rbac_rules(
+    control_plane: ControlPlane, nodes: Nodes, namespace: str, rbac_operator: Operator
+) -> None:
+    """The rules in observatory_operator.rbac are enough: children, status, Events, Secret check, nodes."""
+    kube = control_plane.kube
+    _secret(kube, namespace)
+    kube.apply(_collector(tolerations=[nodes.toleration]), namespace)
+    status = eventually(lambda: _ready(kube, namespace, "3/3"), timeout=90, what="READY 3/3 under the operator's RBAC")
+    assert condition(status, "Reconciled")["status"] == "True"
+    assert "Forbidden" not in rbac_operator.log()
+    assert "forbidden" not in rbac_operator.log()
