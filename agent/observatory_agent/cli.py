@@ -72,7 +72,12 @@ def _run(args: argparse.Namespace) -> int:
         asyncio.run(_serve(args))
     except KeyboardInterrupt:
         return 130
-    return 0
+    # Everything worth keeping is written or fsynced in the buffer by now. A collector thread
+    # stuck in the kernel (statvfs on a dead NFS mount) would block the interpreter's thread
+    # join forever, so leave without it.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 async def _serve(args: argparse.Namespace) -> None:

@@ -284,7 +284,10 @@ class Agent:
                 await asyncio.wait_for(stop.wait(), timeout=max(0.0, next_tick - now))
             if stop.is_set():
                 break
-            tick = max(next_tick, time.time() - interval)  # stamp with the tick unless badly late
+            # Samples carry the tick, so every node's samples land in the same window; after a
+            # stall (a suspended VM) longer than an interval, the real time is the honest stamp.
+            late_by = time.time() - next_tick
+            tick = next_tick if late_by < interval else time.time()
             budget = max(1.0, min(self._loaded.effective.window, 60.0) * 0.5)
             self.schedule_flush(self._aggregator.close(tick), budget)
             changed = self.watcher.poll()

@@ -109,8 +109,8 @@ class WriterSettings:
     org: str
     bucket: str
     token: str | None
-    timeout: float = 10.0
-    """Seconds per HTTP request."""
+    timeout: float = 5.0
+    """Seconds per HTTP request: short enough that a hung InfluxDB cannot hold up shutdown."""
     batch_size: int = 5000
     """Lines per request: large enough for throughput, small enough to retry cheaply."""
     base_delay: float = 0.5
