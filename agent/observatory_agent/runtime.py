@@ -4,6 +4,9 @@ Ticks are aligned to wall-clock multiples of the interval. At each tick the wind
 ended are closed first — synchronously, so a slow collector can never delay a window close —
 and handed to a background flush (InfluxDB, then processors); then every collector runs
 concurrently under its timeout and its samples are stamped with the tick time.
+
+On SIGTERM the open window is closed early and written with its usual end timestamp; if the
+agent comes back within that window, the later write for the same window replaces it.
 """
 
 from __future__ import annotations

@@ -90,3 +90,35 @@ def test_once_line_protocol_is_one_line_per_series(capsys: pytest.CaptureFixture
     assert lines
     assert all(" count=" in line for line in lines)
     assert any(line.startswith("system.memory.used,") for line in lines)
+
+
+async def test_partials_reach_the_processor_as_the_contracts_json() -> None:
+    from aiohttp import web
+
+    received: list[WindowPartial] = []
+
+    async def accept(request: web.Request) -> web.Response:
+        received.append(WindowPartial.model_validate_json(await request.read()))
+        return web.json_response({"accepted": True}, status=202)
+
+    app = web.Application()
+    app.router.add_post("/v1/partials", accept)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    client = partials.PartialsClient()
+    try:
+        (closed,) = _window().close(120.0)
+        target = ProcessorTarget(rule="r", url=f"http://127.0.0.1:{port}/", metrics=["system.memory.*"])
+        partial = partials.build(closed, target, node="a")
+        assert partial is not None
+        assert await client.send(target, partial)
+        down = ProcessorTarget(rule="r", url="http://127.0.0.1:9/", metrics=["*"])
+        assert not await client.send(down, partial)  # a dead processor is counted, not raised
+    finally:
+        await client.close()
+        await runner.cleanup()
+    assert received == [partial]
+    assert (client.sent, client.errors) == (1, 1)
