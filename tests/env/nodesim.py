@@ -21,11 +21,16 @@ first in the repository's ``.venv/bin`` (so ``observatory-agent``, ``python`` or
   (metadata.name/namespace/uid/labels/annotations, spec.nodeName, spec.serviceAccountName,
   status.podIP(s), status.hostIP(s)), ``resourceFieldRef``, ``configMapKeyRef`` /
   ``secretKeyRef`` and ``envFrom``; plus PATH (venv first), HOSTNAME, PYTHONUNBUFFERED and
-  KUBERNETES_SERVICE_HOST/PORT pointing at the real API server;
+  KUBERNETES_SERVICE_HOST/PORT(_HTTPS) pointing at the real API server (its loopback address,
+  which its serving certificate covers);
 * its volumes, materialised under a per-pod directory: configMap, secret, downwardAPI and
   projected sources are written the kubelet's way (files are symlinks into ``..data``,
   which points at a timestamped directory and is swapped atomically when the source
-  changes); emptyDir is a fresh directory; hostPath is the real host path;
+  changes); emptyDir is a fresh directory; hostPath is the real host path. A projected
+  ``serviceAccountToken`` source is a bound token from the TokenRequest API for the pod's
+  ServiceAccount, renewed at 80 % of its lifetime, so the ``kube-api-access-*`` volume that
+  ServiceAccount admission adds (token, ``kube-root-ca.crt``'s ``ca.crt``, namespace) is what
+  in-cluster clients expect at ``/var/run/secrets/kubernetes.io/serviceaccount``;
 * **the mount-path rewrite rule**: a local process cannot see container mount paths, so
   every arg, env value and workingDir that equals a volumeMount's ``mountPath`` or starts
   with ``mountPath + "/"`` has that prefix replaced by the materialised directory (longest
@@ -52,7 +57,7 @@ bound (their probes are not run: there is nothing to probe).
 Not simulated: securityContext (processes run as the test runner's user), resource limits,
 image pulls, and most of the kubelet's own API: only ``/containerLogs`` is served (on
 ``<node IP>:10250``), so ``kubectl logs [-f] [--previous] [--tail]`` works but ``exec``,
-``port-forward`` and ``attach`` do not. A serviceAccountToken projection is not written.
+``port-forward`` and ``attach`` do not. clusterTrustBundle projections are not written.
 """
 
 from __future__ import annotations
@@ -442,6 +447,7 @@ class PodWorker:
             self.containers.append(self._container(c, "main"))
         self.volume_dirs: dict[str, Path] = {}
         self.volume_hashes: dict[str, str] = {}
+        self.tokens: dict[tuple[str, int], tuple[bytes, float]] = {}  # (volume, source) → (token, renew at)
         self.volumes_ready = False
         self.volume_error: NotReadyError | None = None
         self.conditions: dict[str, Obj] = {}
@@ -556,16 +562,59 @@ class PodWorker:
         if "projected" in vol:
             mode = vol["projected"].get("defaultMode", 0o644)
             payload: dict[str, tuple[bytes, int]] = {}
-            for src in vol["projected"].get("sources") or []:
+            for i, src in enumerate(vol["projected"].get("sources") or []):
                 if "configMap" in src:
                     payload.update(self._source_payload("configMap", src["configMap"], mode))
                 elif "secret" in src:
                     payload.update(self._source_payload("secret", src["secret"], mode))
                 elif "downwardAPI" in src:
                     payload.update(self._downward_payload(src["downwardAPI"], pod, mode))
-                # serviceAccountToken and clusterTrustBundle: nothing a local process reads here.
+                elif "serviceAccountToken" in src:
+                    key = (vol["name"], i)
+                    payload.update(self._token_payload(key, src["serviceAccountToken"], pod, mode))
+                # clusterTrustBundle: alpha, and nothing of ours reads one.
             return payload
         return None
+
+    def _token_payload(self, key: tuple[str, int], src: Obj, pod: Obj, mode: int) -> dict[str, tuple[bytes, int]]:
+        """A bound service-account token from the TokenRequest API, renewed the kubelet's way.
+
+        Bound to this pod (the API server rejects it once the pod is gone), for the source's
+        audience (none: the API server's own), requested for ``expirationSeconds`` and renewed
+        once 80 % of that has passed. Until the first token arrives the pod stays in
+        ContainerCreating; a failed renewal keeps the old token and retries a few seconds later.
+        """
+        now = time.monotonic()
+        cached = self.tokens.get(key)
+        if cached is not None and now < cached[1]:
+            return {src["path"]: (cached[0], mode)}
+        account = pod["spec"].get("serviceAccountName") or "default"
+        requested = int(src.get("expirationSeconds", 3600))
+        spec: Obj = {
+            "expirationSeconds": requested,
+            "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": self.name, "uid": self.uid},
+        }
+        if src.get("audience"):
+            spec["audiences"] = [src["audience"]]
+        try:
+            answer = self.sim.kube.create(
+                f"/api/v1/namespaces/{self.namespace}/serviceaccounts/{account}/token",
+                {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec},
+            )
+        except (ApiError, OSError) as exc:
+            if cached is not None:
+                log.warning("pod %s/%s: token renewal failed, retrying: %s", self.namespace, self.name, exc)
+                self.tokens[key] = (cached[0], now + 5.0)
+                return {src["path"]: (cached[0], mode)}
+            raise NotReadyError(
+                "ContainerCreating", f'failed to fetch token for service account "{account}": {exc}'
+            ) from exc
+        token = str(answer["status"]["token"]).encode()
+        expires = dt.datetime.fromisoformat(answer["status"]["expirationTimestamp"].replace("Z", "+00:00"))
+        # The API server may extend a kube-api-access token's lifetime; renew on the requested one.
+        lifetime = min(float(requested), (expires - dt.datetime.now(dt.UTC)).total_seconds())
+        self.tokens[key] = (token, now + 0.8 * max(lifetime, 1.0))
+        return {src["path"]: (token, mode)}
 
     def _source_payload(self, kind: str, src: Obj, mode: int) -> dict[str, tuple[bytes, int]]:
         store = self.sim.configmaps if kind == "configMap" else self.sim.secrets
@@ -646,6 +695,7 @@ class PodWorker:
             "VIRTUAL_ENV": str(VENV_BIN.parent),
             "KUBERNETES_SERVICE_HOST": self.sim.kube.host,
             "KUBERNETES_SERVICE_PORT": str(self.sim.kube.port),
+            "KUBERNETES_SERVICE_PORT_HTTPS": str(self.sim.kube.port),
             # podshim/sitecustomize.py pins wildcard binds to this IP (see the module docstring).
             "PYTHONPATH": str(POD_SHIM),
             "HAPPY_OBSERVATORY_POD_IP": self.pod_ip,

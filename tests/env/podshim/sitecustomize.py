@@ -9,7 +9,10 @@ Two things a container gets from its own namespaces, emulated for a process on t
 * Mounts: a container sees its volumes at their mountPaths. Here ``open``, ``os.open``,
   ``os.stat``/``lstat``, ``os.listdir``/``scandir`` and ``os.access`` map a path under a
   mountPath to the materialised directory, so paths written into config files work too.
-  Only Python-level file access is mapped (not C extensions or child programs).
+  So do ``ssl.SSLContext.load_verify_locations``/``load_cert_chain``: in-cluster clients
+  (the kubernetes client, kopf's aiohttp session) hand the fixed
+  ``/var/run/secrets/kubernetes.io/serviceaccount/ca.crt`` to OpenSSL, which opens it in C.
+  Other C-level file access is not mapped (nor child programs').
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import io
 import json
 import os
 import socket
+import ssl
 from typing import Any
 
 _POD_IP = os.environ.get("HAPPY_OBSERVATORY_POD_IP")
@@ -77,3 +81,17 @@ if _MOUNTS:
     io.open = _open
     for _name in ("open", "stat", "lstat", "listdir", "scandir", "access"):
         setattr(os, _name, _wrap(getattr(os, _name)))
+
+    _load_verify = ssl.SSLContext.load_verify_locations
+    _load_chain = ssl.SSLContext.load_cert_chain
+
+    def _load_verify_locations(
+        self: ssl.SSLContext, cafile: Any = None, capath: Any = None, cadata: Any = None
+    ) -> None:
+        _load_verify(self, _map(cafile), _map(capath), cadata)
+
+    def _load_cert_chain(self: ssl.SSLContext, certfile: Any, keyfile: Any = None, password: Any = None) -> None:
+        _load_chain(self, _map(certfile), _map(keyfile), password)
+
+    ssl.SSLContext.load_verify_locations = _load_verify_locations  # type: ignore[method-assign]
+    ssl.SSLContext.load_cert_chain = _load_cert_chain  # type: ignore[method-assign,assignment]
