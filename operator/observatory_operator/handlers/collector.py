@@ -208,23 +208,52 @@ async def resync_loop(runtime: Runtime) -> None:
     interval = runtime.settings.reconcile.resync_seconds
     limit = asyncio.Semaphore(16)  # bounded fan-out: 200 collectors must not open 200 probes at once
 
-    async def one(key: Key) -> None:
-        body = runtime.bodies.get(key)
-        if body is None:
-            return
-        async with limit:
-            try:
-                await reconcile_collector(runtime, body, spec_changed=False)
-            except errors.TemporaryError as exc:
-                # The next tick retries; an API blip must not flip any status.
-                log.warning("%s/%s: resync deferred: %s", *key, exc.message)
-            except Exception:
-                # Never let one collector's surprise stop the loop for every other collector.
-                log.exception("%s/%s: resync failed", *key)
-
     while True:
         await asyncio.sleep(interval)
-        await asyncio.gather(*(one(k) for k in list(runtime.bodies)))
+        await asyncio.gather(*(_guarded_round(runtime, k, limit) for k in list(runtime.bodies)))
+
+
+async def _guarded_round(runtime: Runtime, key: Key, limit: asyncio.Semaphore | None = None) -> None:
+    """A resync round that never raises: the loop must go on for every other collector."""
+    body = runtime.bodies.get(key)
+    if body is None:
+        return
+    async with limit or contextlib.nullcontext():
+        try:
+            await reconcile_collector(runtime, body, spec_changed=False)
+        except errors.TemporaryError as exc:
+            # The next tick retries; an API blip must not flip any status.
+            log.warning("%s/%s: round deferred: %s", *key, exc.message)
+        except Exception:
+            # Never let one collector's surprise stop the loop for every other collector.
+            log.exception("%s/%s: round failed", *key)
+
+
+POKE_DELAY: Final = 1.0
+"""Seconds to gather a burst of child events (a rollout sends many) into one out-of-turn round."""
+
+
+def poke(runtime: Runtime, key: Key) -> None:
+    """Run an out-of-turn round for ``key`` soon: a child changed, so restore it or refresh status now."""
+    if key not in runtime.bodies or key in runtime.pokes:
+        return
+
+    async def later() -> None:
+        try:
+            await asyncio.sleep(POKE_DELAY)
+        finally:
+            runtime.pokes.pop(key, None)
+        await _guarded_round(runtime, key)
+
+    runtime.pokes[key] = asyncio.create_task(later(), name=f"observatory-poke-{key[0]}/{key[1]}")
+
+
+def _owner_key(child: Mapping[str, Any]) -> Key | None:
+    meta = child.get("metadata") or {}
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("controller") and ref.get("kind") == KIND and ref.get("apiVersion") == API_VERSION:
+            return str(meta.get("namespace")), str(ref.get("name"))
+    return None
 
 
 # --- kopf registration --------------------------------------------------------------------
@@ -253,6 +282,13 @@ def register(registry: kopf.OperatorRegistry) -> None:
             await reconcile_collector(runtime, body, spec_changed=True)
         except errors.TemporaryError as exc:
             raise kopf.TemporaryError(exc.message, delay=exc.delay) from exc
+
+    @kopf.on.event("apps", "v1", "daemonsets", labels={names.MANAGED_BY: names.OPERATOR}, id="child", registry=registry)
+    async def child_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        # A hand edit or deletion is restored, and READY follows the rollout, without waiting for the resync.
+        key = _owner_key(body)
+        if key is not None:
+            poke(memo["runtime"], key)
 
     @kopf.on.startup(id="start-resync", registry=registry)
     async def start_resync(memo: kopf.Memo, **_: Any) -> None:

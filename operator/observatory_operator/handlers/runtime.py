@@ -53,6 +53,8 @@ class Runtime:
     """The latest body of every collector seen on the watch stream (the resync loop's work list)."""
     states: dict[Key, CollectorState] = field(default_factory=dict)
     resync_task: asyncio.Task[None] | None = None
+    pokes: dict[Key, asyncio.Task[None]] = field(default_factory=dict)
+    """Pending out-of-turn rounds (a child changed), at most one per collector."""
 
     def state(self, key: Key) -> CollectorState:
         if key not in self.states:
@@ -62,3 +64,6 @@ class Runtime:
     def forget(self, key: Key) -> None:
         self.bodies.pop(key, None)
         self.states.pop(key, None)
+        poke = self.pokes.pop(key, None)
+        if poke is not None:
+            poke.cancel()

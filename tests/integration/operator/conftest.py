@@ -50,14 +50,14 @@ class Operator:
         return self.process.tail(400)
 
 
-def _start(kubeconfig: Path, namespace: str, log: Path) -> Operator:
+def _start(kubeconfig: Path, namespace: str, log: Path, resync: float = RESYNC_SECONDS) -> Operator:
     port = free_port()
     argv = [
         str(VENV_BIN / "observatory-operator"),
         "--namespace",
         namespace,
         "--resync-seconds",
-        str(RESYNC_SECONDS),
+        str(resync),
         "--liveness",
         f"http://127.0.0.1:{port}/healthz",
         "--log-format",
@@ -73,6 +73,18 @@ def _start(kubeconfig: Path, namespace: str, log: Path) -> Operator:
 def operator(control_plane: ControlPlane, crds: list[str], namespace: str, bed_root: Path) -> Iterator[Operator]:
     """The operator with the bed's admin credentials."""
     op = _start(control_plane.kubeconfig, namespace, bed_root / "logs" / f"operator-{namespace}.log")
+    try:
+        yield op
+    finally:
+        op.process.stop()
+
+
+@pytest.fixture
+def slow_resync_operator(
+    control_plane: ControlPlane, crds: list[str], namespace: str, bed_root: Path
+) -> Iterator[Operator]:
+    """The operator with a 10-minute resync: whatever happens quickly happens because of watch events."""
+    op = _start(control_plane.kubeconfig, namespace, bed_root / "logs" / f"operator-{namespace}.log", resync=600)
     try:
         yield op
     finally:

@@ -358,3 +358,21 @@ def test_operator_works_with_exactly_its_rbac_rules(
     assert condition(status, "Reconciled")["status"] == "True"
     assert "Forbidden" not in rbac_operator.log()
     assert "forbidden" not in rbac_operator.log()
+
+
+def test_child_changes_are_acted_on_without_waiting_for_the_resync(
+    control_plane: ControlPlane, nodes: Nodes, namespace: str, slow_resync_operator: Operator
+) -> None:
+    kube = control_plane.kube
+    _secret(kube, namespace)
+    kube.apply(_collector(tolerations=[nodes.toleration]), namespace)
+    # READY 3/3 arrives through DaemonSet events: the resync would take ten minutes.
+    eventually(lambda: _ready(kube, namespace, "3/3"), timeout=30, what="READY 3/3 from DaemonSet events")
+
+    uid = kube.get(DS.format(ns=namespace))["metadata"]["uid"]
+    kube.delete(DS.format(ns=namespace))
+    started = time.monotonic()
+    eventually(
+        lambda: kube.get(DS.format(ns=namespace))["metadata"]["uid"] != uid, timeout=15, what="DaemonSet restored"
+    )
+    assert time.monotonic() - started < 10
