@@ -290,6 +290,12 @@ def register(registry: kopf.OperatorRegistry) -> None:
         if key is not None:
             poke(memo["runtime"], key)
 
+    @kopf.on.probe(id="api-requests", registry=registry)
+    def api_requests(memo: kopf.Memo, **_: Any) -> dict[str, int]:
+        # On the liveness endpoint: lets anyone check that an idle resync sends no writes.
+        runtime: Runtime = memo["runtime"]
+        return {**runtime.kube.calls, "writes": runtime.kube.writes()}
+
     @kopf.on.startup(id="start-resync", registry=registry)
     async def start_resync(memo: kopf.Memo, **_: Any) -> None:
         runtime: Runtime = memo["runtime"]

@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
 import time
 import urllib.parse
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -58,6 +60,9 @@ class Kube:
         self.api = api_client
         self.field_manager = field_manager
         self._discovery: dict[str, tuple[float, bool]] = {}
+        self._calls_lock = threading.Lock()
+        self.calls: Counter[str] = Counter()
+        """Requests sent, by HTTP method: a resync where nothing changed must add no PATCH/POST/PUT/DELETE."""
         self._nodes: tuple[float, list[Obj]] | None = None
 
     @classmethod
@@ -88,6 +93,8 @@ class Kube:
         headers = {"Accept": accept, "Content-Type": content_type, "User-Agent": self.field_manager}
         self.api.update_params_for_auth(headers, [], ["BearerToken"], path, method, body)
         what = f"{method} {path}"
+        with self._calls_lock:
+            self.calls[method] += 1
         try:
             response = self.api.call_api(
                 method, url, header_params=headers, body=body, _request_timeout=REQUEST_TIMEOUT
@@ -167,6 +174,11 @@ class Kube:
             return cached[1] if cached else False  # keep the last answer through a blip
         self._discovery[api_version] = (now, present)
         return present
+
+    def writes(self) -> int:
+        """Write requests sent so far."""
+        with self._calls_lock:
+            return sum(n for method, n in self.calls.items() if method != "GET")
 
     def nodes(self, *, ttl: float = 5.0) -> list[Obj]:
         """Every Node, cached for ``ttl`` seconds: each collector's status needs them, the list rarely changes."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.request
 from typing import Any
@@ -376,3 +377,25 @@ def test_child_changes_are_acted_on_without_waiting_for_the_resync(
         lambda: kube.get(DS.format(ns=namespace))["metadata"]["uid"] != uid, timeout=15, what="DaemonSet restored"
     )
     assert time.monotonic() - started < 10
+
+
+def test_idle_resyncs_send_no_write_requests(
+    control_plane: ControlPlane, nodes: Nodes, namespace: str, operator: Operator
+) -> None:
+    kube = control_plane.kube
+    _secret(kube, namespace)
+    # A long window keeps DataFlowing in its first state for minutes: nothing legitimately changes.
+    kube.apply(_collector(tolerations=[nodes.toleration], interval="1m", window="5m"), namespace)
+    eventually(lambda: _ready(kube, namespace, "3/3"), timeout=90, what="READY 3/3")
+    time.sleep(3 * 2.0)
+
+    def requests() -> dict[str, int]:
+        with urllib.request.urlopen(operator.liveness, timeout=5) as answer:
+            counts: dict[str, int] = json.loads(answer.read())["api-requests"]
+            return counts
+
+    before = requests()
+    time.sleep(11)  # kopf caches probe results for 10 s; several 2 s resyncs run meanwhile
+    after = requests()
+    assert after["GET"] > before["GET"], "resyncs ran"
+    assert after["writes"] == before["writes"], f"writes on an idle resync: {before} -> {after}"
