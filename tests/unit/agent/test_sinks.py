@@ -110,7 +110,7 @@ def test_no_input_yields_an_extra_line_or_point(name: str, tags: dict[str, str])
 @settings(max_examples=300, deadline=None)
 @given(name=text.filter(bool), tags=st.dictionaries(text, text, max_size=5))
 def test_encoding_matches_influxdb_client_point_where_point_is_safe(name: str, tags: dict[str, str]) -> None:
-    assume(not name.startswith("#") and not name.endswith("\\"))
+    assume(not name.startswith("#") and "\\" not in name)  # InfluxDB loses those: see lineproto
     assume(all(not k.endswith("\\") and not k.startswith("_") for k in tags))
     metric = _metric(name, tags)
     point = Point(name).time(round(metric.timestamp * 1000), write_precision="ms")
