@@ -700,6 +700,7 @@ class PodWorker:
             "PYTHONPATH": str(POD_SHIM),
             "HAPPY_OBSERVATORY_POD_IP": self.pod_ip,
             "HAPPY_OBSERVATORY_MOUNTS": json.dumps([(m, str(r)) for m, r in mounts]),
+            "HAPPY_OBSERVATORY_POD_DIR": str(self.dir),
         }
         for src in c.spec.get("envFrom") or []:
             prefix = src.get("prefix", "")

@@ -27,6 +27,10 @@ import ssl
 from typing import Any
 
 _POD_IP = os.environ.get("HAPPY_OBSERVATORY_POD_IP")
+# Paths under the pod's own directory are already materialised (args and env are rewritten
+# before the process starts): mapping them again would send a rewritten
+# ``<bed>/volumes/config/agent.json`` into the ``/tmp`` emptyDir when the bed lives in /tmp.
+_POD_DIR = os.environ.get("HAPPY_OBSERVATORY_POD_DIR", "").rstrip("/")
 _MOUNTS: list[tuple[str, str]] = [
     (str(m).rstrip("/"), str(r)) for m, r in json.loads(os.environ.get("HAPPY_OBSERVATORY_MOUNTS", "[]")) if m != "/"
 ]
@@ -53,6 +57,8 @@ def _map(path: Any) -> Any:
     except TypeError:
         return path
     if not isinstance(text, str) or not text.startswith("/"):
+        return path
+    if _POD_DIR and (text == _POD_DIR or text.startswith(_POD_DIR + "/")):
         return path
     for mount, real in _MOUNTS:
         if text == mount or text.startswith(mount + "/"):
