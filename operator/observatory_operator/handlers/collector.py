@@ -191,8 +191,15 @@ async def _patch_status(runtime: Runtime, body: Mapping[str, Any], new: Mapping[
     if not patch:
         return
     meta = body["metadata"]
-    with contextlib.suppress(errors.NotFound):  # deleted while we worked: nothing to report on
-        await runtime.kube.apatch_status(API_VERSION, KIND, meta["namespace"], meta["name"], patch)
+    try:
+        written = await runtime.kube.apatch_status(API_VERSION, KIND, meta["namespace"], meta["name"], patch)
+    except errors.NotFound:
+        return  # deleted while we worked: nothing to report on
+    key = _key(body)
+    if key in runtime.bodies:
+        # The answer is the newest object: the next round compares against it, not against a body
+        # the watch stream has not refreshed yet (which would repeat this very write).
+        runtime.bodies[key] = written
 
 
 # --- resync -------------------------------------------------------------------------------
