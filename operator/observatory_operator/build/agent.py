@@ -53,10 +53,15 @@ def needs_host_pid(spec: ObservatoryCollectorSpec) -> bool:
     return "processes" in _enabled_kinds(spec)
 
 
+def token_file(spec: ObservatoryCollectorSpec) -> str | None:
+    """Where the token Secret's key is mounted in the agent pod (None without a tokenSecretRef)."""
+    ref = spec.influxdb.token_secret_ref
+    return f"{TOKEN_DIR}/{ref.key}" if ref else None
+
+
 def agent_config(name: str, namespace: str, spec: ObservatoryCollectorSpec) -> AgentConfig:
     """The collector's spec as the agent's ``agent.json``; values the spec leaves unset stay unset for shared-config."""
     influx = spec.influxdb
-    token_file = f"{TOKEN_DIR}/{influx.token_secret_ref.key}" if influx.token_secret_ref else None
     return AgentConfig(
         collector=name,
         namespace=namespace,
@@ -77,7 +82,7 @@ def agent_config(name: str, namespace: str, spec: ObservatoryCollectorSpec) -> A
         quantiles=list(spec.aggregations.quantiles),
         exact_quantile_threshold=spec.aggregations.exact_threshold,
         tags=dict(spec.tags or {}),
-        influxdb=InfluxTarget(url=influx.url, org=influx.org, bucket=influx.bucket, token_file=token_file),
+        influxdb=InfluxTarget(url=influx.url, org=influx.org, bucket=influx.bucket, token_file=token_file(spec)),
         buffer_dir=BUFFER_DIR,
         port=DEFAULT_METRICS_PORT,
     )
@@ -121,11 +126,11 @@ def _resources(spec: ObservatoryCollectorSpec, settings: Settings) -> Obj:
     return out
 
 
-def _env() -> list[Obj]:
+def _env(token_file: str | None) -> list[Obj]:
     def field_ref(var: str, path: str) -> Obj:
         return {"name": var, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": path}}}
 
-    return [
+    env = [
         field_ref("NODE_NAME", "spec.nodeName"),
         field_ref("POD_NAME", "metadata.name"),
         field_ref("POD_NAMESPACE", "metadata.namespace"),
@@ -134,7 +139,14 @@ def _env() -> list[Obj]:
         {"name": "HOST_PROC", "value": "/host/proc"},
         {"name": "HOST_SYS", "value": "/host/sys"},
         {"name": "HOST_ROOT", "value": "/host/root"},
+        # The same paths agent.json names, also as variables (like OBSERVATORY_CONFIG): tools that relocate
+        # mounts (the test bed's node simulator) rewrite env values but cannot see inside agent.json.
+        {"name": "OBSERVATORY_BUFFER_DIR", "value": BUFFER_DIR},
     ]
+    if token_file:
+        # The file's path, never its content: the token itself stays in the mounted Secret.
+        env.append({"name": "OBSERVATORY_INFLUXDB_TOKEN_FILE", "value": token_file})
+    return env
 
 
 def _volumes(name: str, spec: ObservatoryCollectorSpec, settings: Settings) -> tuple[list[Obj], list[Obj]]:
@@ -194,7 +206,7 @@ def pod_template(name: str, spec: ObservatoryCollectorSpec, settings: Settings) 
         "image": image,
         "imagePullPolicy": spec.image_pull_policy or settings.agent.image_pull_policy,
         "command": list(COMMAND),
-        "env": _env(),
+        "env": _env(token_file(spec)),
         "ports": [{"name": names.METRICS_PORT_NAME, "containerPort": port, "protocol": "TCP"}],
         "readinessProbe": {
             "httpGet": {"path": "/readyz", "port": names.METRICS_PORT_NAME},

@@ -86,7 +86,8 @@ def test_every_real_agents_status_is_read_into_data_flowing(
 TOKEN_PATH_IN_SIMULATOR = (
     "The node simulator rewrites mount paths only in args and env, but the agent reads the token path "
     "(/var/run/secrets/observatory/influxdb/<key>) from agent.json, so simulated agents get 401 from InfluxDB. "
-    "Passes once the agent accepts the token file (and buffer dir) through an env var the operator sets."
+    "The operator already sets OBSERVATORY_INFLUXDB_TOKEN_FILE and OBSERVATORY_BUFFER_DIR to the mount paths; "
+    "this passes once the agent lets those variables override agent.json."
 )
 
 
