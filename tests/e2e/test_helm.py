@@ -1,0 +1,321 @@
+"""The product as users meet it: ``helm install``, ``kubectl apply`` a collector, data in InfluxDB.
+
+The operator runs *in the cluster*: its pod (the chart's Deployment, with the chart's args) is a
+real ``observatory-operator`` process under the node simulator, authenticated by the bound token
+of the chart's ServiceAccount and authorised by nothing but the chart's RBAC. So these tests
+prove the chart renders and installs, its RBAC rules are sufficient for the whole flow (Role
+path and ClusterRole path), and agents on every node write to the real InfluxDB.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.env.controlplane import ControlPlane
+from tests.env.fixtures import Nodes, wait_until
+from tests.env.influx import InfluxDB
+from tests.env.kube import ApiError, Obj
+from tests.env.nodesim import REPO
+
+pytestmark = pytest.mark.integration
+
+CHART = REPO / "helm" / "happy-observatory"
+EXAMPLE = REPO / "examples" / "collector.yaml"
+WAIT = 120.0
+"""Per wait: generous for a loaded machine, bounded so a broken flow fails rather than hangs."""
+INTERVAL, WINDOW = "1s", "2s"
+"""Short but valid for the CRD (the window a whole multiple of the interval): data within seconds."""
+MEASUREMENT = "system.cpu.usage"
+CLUSTER = "e2e"
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+class Helm:
+    """The built helm binary against the bed, with its own cache/config/data dirs (not the user's)."""
+
+    def __init__(self, binary: Path, kubeconfig: Path, home: Path) -> None:
+        self.binary = binary
+        self.env = {
+            **os.environ,
+            "KUBECONFIG": str(kubeconfig),
+            "HELM_CACHE_HOME": str(home / "cache"),
+            "HELM_CONFIG_HOME": str(home / "config"),
+            "HELM_DATA_HOME": str(home / "data"),
+        }
+
+    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [str(self.binary), *args], env=self.env, capture_output=True, text=True, timeout=WAIT, check=False
+        )
+        if check and done.returncode != 0:
+            raise AssertionError(f"helm {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
+        return done
+
+
+@pytest.fixture
+def helm_cli(helm: Path, control_plane: ControlPlane, bed_root: Path) -> Helm:
+    return Helm(helm, control_plane.kubeconfig, bed_root / "helm-home")
+
+
+def server_version(control_plane: ControlPlane) -> str:
+    return str(control_plane.kube.get("/version")["gitVersion"])
+
+
+def kubectl(control_plane: ControlPlane, *args: str) -> str:
+    done = control_plane.kubectl(*args, check=False)
+    if done.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
+    return done.stdout
+
+
+def table(text: str) -> dict[str, dict[str, str]]:
+    """``kubectl get`` output → {NAME: {COLUMN: value}} (every cell here is one word)."""
+    lines = [line.split() for line in text.strip().splitlines()]
+    if not lines:
+        return {}
+    header, rows = lines[0], lines[1:]
+    return {row[0]: dict(zip(header, row, strict=False)) for row in rows}
+
+
+def operator_pods(control_plane: ControlPlane, namespace: str, release: str) -> list[Obj]:
+    selector = f"app.kubernetes.io/instance={release},app.kubernetes.io/component=operator"
+    items, _ = control_plane.kube.list(f"/api/v1/namespaces/{namespace}/pods", labelSelector=selector)
+    return items
+
+
+def diagnosis(control_plane: ControlPlane, nodes: Nodes, namespace: str, release: str) -> str:
+    """What a user would look at: the operator's log, the collector's status, pods and events."""
+    parts = []
+    for pod in operator_pods(control_plane, namespace, release):
+        log = nodes.pod_log(namespace, pod["metadata"]["name"], "operator")
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-60:]) if log.exists() else "(no log)"
+        parts.append(f"--- operator pod {pod['metadata']['name']} log ({log}):\n{tail}")
+    for args in (
+        ("get", "observatorycollectors", "-n", namespace, "-o", "yaml"),
+        ("get", "pods,daemonsets,deployments", "-n", namespace, "-o", "wide"),
+        ("get", "events", "-n", namespace, "--sort-by=.lastTimestamp"),
+    ):
+        done = control_plane.kubectl(*args, check=False)
+        parts.append(f"--- kubectl {' '.join(args)}:\n{done.stdout}{done.stderr}")
+    return "\n".join(parts)
+
+
+@contextlib.contextmanager
+def explained(control_plane: ControlPlane, nodes: Nodes, namespace: str, release: str) -> Iterator[None]:
+    try:
+        yield
+    except Exception as exc:
+        raise AssertionError(f"{exc}\n\n{diagnosis(control_plane, nodes, namespace, release)}") from exc
+
+
+def deployment_available(control_plane: ControlPlane, namespace: str, name: str) -> bool:
+    deploy = control_plane.kube.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}")
+    conditions = (deploy.get("status") or {}).get("conditions") or []
+    return any(c["type"] == "Available" and c["status"] == "True" for c in conditions)
+
+
+def collector_manifest(nodes: Nodes, influxdb: InfluxDB, directory: Path) -> Path:
+    """``examples/collector.yaml``, adjusted only where the bed differs from a real cluster."""
+    doc: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
+    spec = doc["spec"]
+    spec["interval"], spec["window"] = INTERVAL, WINDOW
+    spec["influxdb"]["bucket"] = influxdb.bucket
+    # The bed's gpu node is tainted; tolerating it puts an agent on every node.
+    spec["tolerations"] = [*spec.get("tolerations", []), nodes.toleration]
+    path = directory / "collector.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def nodes_with_points(influxdb: InfluxDB, since: dt.datetime) -> dict[str, set[str]]:
+    """Node → cluster tags of its ``system.cpu.usage`` points since ``since`` (not an earlier test's)."""
+    flux = f"""
+        from(bucket: "{influxdb.bucket}")
+          |> range(start: {since.strftime("%Y-%m-%dT%H:%M:%SZ")})
+          |> filter(fn: (r) => r._measurement == "{MEASUREMENT}" and r._field == "mean")
+          |> group(columns: ["node", "cluster"])
+          |> count()
+    """
+    found: dict[str, set[str]] = {}
+    with influxdb.client() as client:
+        for tbl in client.query_api().query(flux):
+            for record in tbl.records:
+                if record.get_value():
+                    found.setdefault(str(record.values.get("node")), set()).add(str(record.values.get("cluster")))
+    return found
+
+
+def owned_children(control_plane: ControlPlane, namespace: str, uid: str) -> list[str]:
+    kube = control_plane.kube
+    children = []
+    for kind, path in (
+        ("DaemonSet", f"/apis/apps/v1/namespaces/{namespace}/daemonsets"),
+        ("ConfigMap", f"/api/v1/namespaces/{namespace}/configmaps"),
+        ("Service", f"/api/v1/namespaces/{namespace}/services"),
+    ):
+        items, _ = kube.list(path)
+        for obj in items:
+            if any(ref.get("uid") == uid for ref in obj["metadata"].get("ownerReferences") or []):
+                children.append(f"{kind}/{obj['metadata']['name']}")
+    return children
+
+
+# --- the flow -----------------------------------------------------------------------------
+
+
+def install_collect_uninstall(
+    control_plane: ControlPlane,
+    nodes: Nodes,
+    influxdb: InfluxDB,
+    namespace: str,
+    helm_cli: Helm,
+    bed_root: Path,
+    *,
+    watch_namespaces: list[str],
+) -> None:
+    release = f"obs-{namespace.rsplit('-', 1)[-1]}"  # cluster-scoped RBAC names differ per test
+    work = bed_root / "e2e" / namespace
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+
+    def step(what: str) -> None:
+        print(f"{time.monotonic() - started:6.1f}s {what}")  # shown with -s, and with a failure's output
+
+    scope = ["--set", f"operator.watchNamespaces={{{','.join(watch_namespaces)}}}"] if watch_namespaces else []
+    try:
+        with explained(control_plane, nodes, namespace, release):
+            kubectl(
+                control_plane, "create", "secret", "generic", "influxdb-auth", "-n", namespace,
+                f"--from-literal=token={influxdb.token}",
+            )  # fmt: skip
+            helm_cli(
+                "install", release, str(CHART), "--namespace", namespace, *scope,
+                "--set-string", f"sharedConfig.data.influxdb_url={influxdb.url}",
+                "--set-string", f"sharedConfig.data.influxdb_org={influxdb.org}",
+                "--set-string", f"sharedConfig.data.influxdb_bucket={influxdb.bucket}",
+                "--set-string", f"sharedConfig.data.cluster_name={CLUSTER}",
+            )  # fmt: skip
+            step("helm install")
+            deployment = f"{release}-operator"
+            wait_until(
+                lambda: deployment_available(control_plane, namespace, deployment),
+                timeout=WAIT,
+                what=f"Deployment {deployment} Available",
+            )
+            pods = operator_pods(control_plane, namespace, release)
+            assert len(pods) == 1
+            assert pods[0]["spec"]["serviceAccountName"] == deployment
+            worker = nodes.simulator.worker(namespace, pods[0]["metadata"]["name"])
+            assert worker is not None
+            assert worker.pid("operator") is not None, "the operator runs as a process"
+
+            args = pods[0]["spec"]["containers"][0]["args"]
+            expected = [f"--namespace={ns}" for ns in watch_namespaces] or ["--all-namespaces"]
+            assert [a for a in args if a.startswith(("--namespace", "--all-namespaces"))] == expected, args
+            step("operator Available")
+
+            applied = dt.datetime.now(dt.UTC).replace(microsecond=0)
+            kubectl(control_plane, "apply", "-n", namespace, "-f", str(collector_manifest(nodes, influxdb, work)))
+            everyone = f"{len(nodes.names)}/{len(nodes.names)}"
+
+            def user_view() -> dict[str, str] | None:
+                row = table(kubectl(control_plane, "get", "observatorycollectors", "-n", namespace)).get("nodes")
+                if row and row.get("READY") == everyone and row.get("REPORTING") == everyone:
+                    return row
+                return None
+
+            row = wait_until(
+                user_view, timeout=WAIT, what=f"kubectl get observatorycollectors: READY and REPORTING {everyone}"
+            )
+            assert row["LAST-WRITE"] not in ("", "<unknown>", "<none>"), row
+            assert row["PHASE"] == "Ready", row
+            step(f"READY {row['READY']} REPORTING {row['REPORTING']} LAST-WRITE {row['LAST-WRITE']}")
+
+            def every_node() -> dict[str, set[str]] | None:
+                found = nodes_with_points(influxdb, applied)
+                return found if set(found) >= set(nodes.names) else None
+
+            found = wait_until(
+                every_node,
+                timeout=WAIT,
+                what=f"{MEASUREMENT} points from every node in InfluxDB",
+            )
+            for node in nodes.names:
+                assert found[node] == {CLUSTER}, f"{node}: cluster tag from the shared-config, got {found[node]}"
+            step("points from every node in InfluxDB")
+
+            # helm uninstall takes the operator away (its process too); the collector and its agents stay.
+            collector = control_plane.kube.get(
+                f"/apis/observatory.happypatterns.org/v1alpha1/namespaces/{namespace}/observatorycollectors/nodes"
+            )
+            children = owned_children(control_plane, namespace, collector["metadata"]["uid"])
+            assert {c.split("/")[0] for c in children} == {"DaemonSet", "ConfigMap", "Service"}, children
+            helm_cli("uninstall", release, "--namespace", namespace, "--wait", "--timeout", f"{int(WAIT)}s")
+            wait_until(
+                lambda: (
+                    not operator_pods(control_plane, namespace, release)
+                    and not control_plane.kube.exists(f"/apis/apps/v1/namespaces/{namespace}/deployments/{deployment}")
+                ),
+                timeout=WAIT,
+                what="the operator's Deployment and pod gone after helm uninstall",
+            )
+            assert worker.pid("operator") is None, "the operator's process ended with its pod"
+            step("helm uninstall")
+
+            # No finalizer holds a collector while no operator runs: kubectl delete returns, and the
+            # garbage collector removes every child through the owner references.
+            kubectl(
+                control_plane, "delete", "observatorycollector", "nodes", "-n", namespace, "--wait", "--timeout=60s"
+            )
+            wait_until(
+                lambda: not owned_children(control_plane, namespace, collector["metadata"]["uid"]),
+                timeout=WAIT,
+                what=f"the collector's children {children} garbage-collected",
+            )
+            agents = "app.kubernetes.io/component=agent"
+            wait_until(
+                lambda: not control_plane.kube.list(f"/api/v1/namespaces/{namespace}/pods", labelSelector=agents)[0],
+                timeout=WAIT,
+                what="the agent pods gone",
+            )
+            step("collector deleted, children garbage-collected")
+    finally:
+        # A failed test must not leave cluster-scoped RBAC behind for the next one.
+        with contextlib.suppress(subprocess.TimeoutExpired, ApiError):
+            helm_cli("uninstall", release, "--namespace", namespace, "--ignore-not-found", check=False)
+
+
+# --- tests --------------------------------------------------------------------------------
+
+
+def test_chart_lints_for_the_bed_kubernetes(control_plane: ControlPlane, helm_cli: Helm) -> None:
+    version = server_version(control_plane)
+    for values in ([], ["--set", "operator.watchNamespaces={a,b}"], ["--set", "operator.replicas=2"]):
+        done = helm_cli("lint", str(CHART), "--strict", "--kube-version", version, *values)
+        assert "0 chart(s) failed" in done.stdout, done.stdout
+
+
+def test_install_collect_uninstall_with_namespace_role(
+    control_plane: ControlPlane, nodes: Nodes, influxdb: InfluxDB, namespace: str, helm_cli: Helm, bed_root: Path
+) -> None:
+    install_collect_uninstall(
+        control_plane, nodes, influxdb, namespace, helm_cli, bed_root, watch_namespaces=[namespace]
+    )
+
+
+def test_install_collect_uninstall_watching_all_namespaces(
+    control_plane: ControlPlane, nodes: Nodes, influxdb: InfluxDB, namespace: str, helm_cli: Helm, bed_root: Path
+) -> None:
+    install_collect_uninstall(control_plane, nodes, influxdb, namespace, helm_cli, bed_root, watch_namespaces=[])
