@@ -174,6 +174,17 @@ def effective_window(spec: ObservatoryCollectorSpec, shared_config: Mapping[str,
     return DEFAULT_WINDOW
 
 
+def shared_config_problem(data: Mapping[str, str] | None, name: str) -> str | None:
+    """Why the shared-config ConfigMap's data is unusable (agents then keep their last good config), or None."""
+    if not data:
+        return None
+    try:
+        SharedConfig.from_mapping(data, source=f"ConfigMap {name}")
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
 def _human(seconds: float) -> str:
     seconds = max(int(seconds), 0)
     if seconds < 120:

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from observatory_operator import status
 from observatory_operator.api.models import API_VERSION, GROUP, VERSION, ObservatoryCollector
 from observatory_operator.build import Built, Owner, build_collector, names
-from observatory_operator.handlers.runtime import Key, Runtime
+from observatory_operator.handlers.runtime import CollectorState, Key, Runtime
 from observatory_operator.kube import errors, events, probe, reconcile
 from observatory_operator.kube.client import path_for
 
@@ -64,6 +64,11 @@ async def _apply(
         # The API server refused what we built from this spec: the user has to change the spec.
         outcome = status.Outcome(ok=False, reason="ApplyRejected", message=exc.message)
         return outcome, None, built, pre.shared_config
+    problem = status.shared_config_problem(pre.shared_config, spec.shared_config.name)
+    if problem is not None:
+        # Not a reconcile failure: agents keep their last good shared-config; say so where people look.
+        message = f"children are up to date; shared-config is invalid, agents keep their last good config: {problem}"
+        return status.Outcome.applied(message), applied, built, pre.shared_config
     return status.Outcome.applied(), applied, built, pre.shared_config
 
 
@@ -107,11 +112,22 @@ async def reconcile_collector(runtime: Runtime, body: Mapping[str, Any], *, spec
         elif rnd.outcome.ok:
             state.succeeded()
         state.outcome = rnd.outcome
+        if rnd.shared is not None:  # only when this round read it
+            await _report_shared_config(runtime, body, state, rnd.shared, collector.spec.shared_config.name)
         if rnd.applied is not None:
             # Outside a spec change, a change to children that were fine means someone edited them.
             restored = not spec_changed and was_ok
             await _report_changes(runtime, body, rnd.applied, restored=restored)
         await _observe_and_write(runtime, rnd)
+
+
+async def _report_shared_config(
+    runtime: Runtime, body: Mapping[str, Any], state: CollectorState, data: Mapping[str, str] | None, name: str
+) -> None:
+    problem = status.shared_config_problem(data, name)
+    if problem != state.shared_config_problem and problem is not None:
+        await events.post(runtime.kube, body, "Warning", "SharedConfigInvalid", problem)
+    state.shared_config_problem = problem
 
 
 async def _report_changes(

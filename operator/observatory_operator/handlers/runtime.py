@@ -26,6 +26,8 @@ class CollectorState:
     """Monotonic time before which resyncs only refresh status (backoff after a failed apply)."""
     outcome: Outcome | None = None
     rounds: int = 0
+    shared_config_problem: str | None = None
+    """The last reported shared-config problem: a Warning Event goes out only when it changes."""
 
     def failed(self, initial: float, maximum: float) -> float:
         """Record a failure; returns the backoff delay in seconds (doubling, capped)."""

@@ -399,3 +399,35 @@ def test_idle_resyncs_send_no_write_requests(
     after = requests()
     assert after["GET"] > before["GET"], "resyncs ran"
     assert after["writes"] == before["writes"], f"writes on an idle resync: {before} -> {after}"
+
+
+def test_invalid_shared_config_is_reported_but_children_stay_applied(
+    control_plane: ControlPlane, nodes: Nodes, namespace: str, operator: Operator
+) -> None:
+    kube = control_plane.kube
+    _secret(kube, namespace)
+    kube.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "observatory-shared-config"},
+            "data": {"observatory_collection_interval": "ten seconds"},
+        },
+        namespace,
+    )
+    kube.apply(_collector(), namespace)
+
+    def reported() -> dict[str, Any] | None:
+        reconciled = condition(status_of(kube, namespace, NAME), "Reconciled")
+        return reconciled if "shared-config is invalid" in reconciled.get("message", "") else None
+
+    reconciled = eventually(reported, timeout=30, what="Reconciled message naming the invalid shared-config")
+    assert reconciled["status"] == "True"
+    assert "observatory_collection_interval" in reconciled["message"]
+    assert kube.get(DS.format(ns=namespace))
+
+    def warning() -> bool:
+        events = kube.get(f"/api/v1/namespaces/{namespace}/events")["items"]
+        return any(e.get("reason") == "SharedConfigInvalid" and e.get("type") == "Warning" for e in events)
+
+    eventually(warning, timeout=15, what="a SharedConfigInvalid Warning Event")

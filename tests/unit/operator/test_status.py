@@ -420,3 +420,15 @@ def test_rollout_steps_are_not_warnings_but_failures_are() -> None:
     assert not any(t.warning for t in first.transitions)
     failing = compute(daemonset=ds(2, 1), pods=[pod("a-1", "node-a"), CRASHING], nodes=NODES[:2])
     assert any(t.warning and t.reason == "AgentsFailing" for t in failing.transitions)
+
+
+def test_shared_config_problems_name_the_configmap_and_key() -> None:
+    assert st.shared_config_problem({"observatory_collection_interval": "10s"}, "org") is None
+    assert st.shared_config_problem(None, "org") is None
+    problem = st.shared_config_problem({"observatory_collection_interval": "ten seconds"}, "org")
+    assert problem is not None
+    assert "ConfigMap org" in problem
+    assert "observatory_collection_interval" in problem
+    unknown = st.shared_config_problem({"influx_url": "http://x"}, "org")
+    assert unknown is not None
+    assert "influx_url" in unknown
