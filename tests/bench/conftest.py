@@ -7,7 +7,6 @@ The table is also written to `.bench/results.md` for the README and the closing 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,8 +49,8 @@ _REPORT = Report()
 
 
 @pytest.fixture(scope="session")
-def report() -> Iterator[Report]:
-    yield _REPORT
+def report() -> Report:
+    return _REPORT
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

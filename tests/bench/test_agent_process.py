@@ -1,0 +1,163 @@
+"""The real ``observatory-agent run`` process: steady-state RSS while writing to influxd, and start to first sample.
+
+Both measured next to node_exporter (same collector families, see ``peers.py``) in the same run.
+
+RSS: the agent runs every built-in collector at a 1 s interval with 10 s windows — ten times
+the production default's cycle rate, so growth shows sooner — writing to the bed's real
+InfluxDB, for ``BENCH_RSS_SECONDS`` (600 by default, as the issue asks), while node_exporter is
+scraped every second. Reported: both processes' VmRSS at the end.
+
+Start-up: from ``Popen`` to the first ``/readyz`` 200 (the agent is ready once its first cycle
+has run, i.e. the first sample exists), polled every 5 ms; node_exporter's is ``Popen`` to its
+first successful scrape. Median of ``STARTS`` starts each.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import statistics
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.bench.conftest import Report
+from tests.bench.peers import NodeExporter, rss_bytes
+from tests.env.influx import InfluxDB
+from tests.env.nodesim import VENV_BIN
+from tests.env.procs import Process, free_port, terminate_group, wait_for
+
+RSS_SECONDS = float(os.environ.get("BENCH_RSS_SECONDS", "600"))
+RSS_TARGET = 55 * 1024 * 1024
+STARTS = int(os.environ.get("BENCH_STARTS", "7"))
+MB = 1024 * 1024
+
+
+def _config(directory: Path, influx: InfluxDB | None, port: int, *, interval: str, window: str) -> Path:
+    cfg: dict[str, Any] = {
+        "interval": interval,
+        "window": window,
+        "buffer_dir": str(directory / "buffer"),
+        "port": port,
+    }
+    if influx is not None:
+        token = directory / "influx-token"
+        token.write_text(influx.token)
+        cfg["influxdb"] = {"url": influx.url, "org": influx.org, "bucket": influx.bucket, "token_file": str(token)}
+    path = directory / "agent.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "OBSERVATORY_", "INFLUXDB_"))}
+    env["NODE_NAME"] = "bench-agent"
+    return env
+
+
+def _get(port: int, path: str) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def test_steady_state_rss_writing_to_influxdb(report: Report, influxdb: InfluxDB, tmp_path: Path) -> None:
+    port = free_port()
+    agent = Process(
+        "agent",
+        [
+            VENV_BIN / "observatory-agent",
+            "run",
+            "--config",
+            _config(tmp_path, influxdb, port, interval="1s", window="10s"),
+        ],
+        log=tmp_path / "agent.log",
+        env=_env(),
+    )
+    exporter = NodeExporter(tmp_path)
+    stop = threading.Event()
+
+    def scrape_every_second() -> None:
+        while not stop.wait(1.0):
+            exporter.scrape()
+
+    agent.start()
+    exporter.start()
+    scraper = threading.Thread(target=scrape_every_second, daemon=True)
+    scraper.start()
+    try:
+        assert agent.pid is not None
+        wait_for(lambda: _get(port, "/readyz")[0] == 200, timeout=30, what=f"agent ready (log: {agent.log})")
+        deadline = time.monotonic() + RSS_SECONDS
+        peak = 0
+        while time.monotonic() < deadline:
+            assert agent.alive(), agent.tail()
+            peak = max(peak, rss_bytes(agent.pid))
+            time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
+        ours, theirs = rss_bytes(agent.pid), rss_bytes(exporter.pid)
+        status = json.loads(_get(port, "/status")[1])
+    finally:
+        stop.set()
+        scraper.join(timeout=5)
+        exporter.stop()
+        agent.stop(grace=15)
+    assert status["last_successful_write"] is not None, status
+    assert status["buffered_points"] == 0, status
+    report.add(
+        f"steady-state RSS after {RSS_SECONDS:.0f} s writing to influxd (1 s interval, 10 s window)",
+        ours=f"{ours / MB:.1f} MB (peak {peak / MB:.1f})",
+        peer=f"node_exporter {theirs / MB:.1f} MB",
+        ratio=f"{ours / theirs:.2f}",
+        target="≤ 55 MB",
+        met=ours <= RSS_TARGET,
+    )
+
+
+def _time_to_ready(argv: list[str], ready: Any, log: Path, env: dict[str, str] | None = None) -> float:
+    started = time.perf_counter()
+    popen = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
+    try:
+        while True:
+            if popen.poll() is not None:
+                raise RuntimeError(f"{argv[0]} exited with {popen.returncode}: {log.read_text()[-2000:]}")
+            try:
+                if ready():
+                    return time.perf_counter() - started
+            except OSError:
+                pass
+            if time.perf_counter() - started > 30:
+                raise TimeoutError(f"{argv[0]} not ready after 30 s")
+            time.sleep(0.005)
+    finally:
+        terminate_group(popen, grace=10)
+
+
+def test_start_to_first_sample(report: Report, influxdb: InfluxDB, tmp_path: Path) -> None:
+    ours, theirs = [], []
+    exporter = NodeExporter(tmp_path)  # for its argv and port only
+    for i in range(STARTS):
+        port = free_port()
+        run_dir = tmp_path / f"run{i}"
+        run_dir.mkdir()
+        config = _config(run_dir, influxdb, port, interval="10s", window="1m")
+        argv = [str(VENV_BIN / "observatory-agent"), "run", "--config", str(config)]
+        ours.append(_time_to_ready(argv, lambda p=port: _get(p, "/readyz")[0] == 200, run_dir / "agent.log", _env()))
+        theirs.append(_time_to_ready(exporter.process.argv, exporter.scrape, run_dir / "node-exporter.log"))
+    median, peer = statistics.median(ours), statistics.median(theirs)
+    report.add(
+        f"process start to first sample (median of {STARTS}; /readyz after the first cycle)",
+        ours=f"{median * 1e3:.0f} ms (max {max(ours) * 1e3:.0f})",
+        peer=f"node_exporter first scrape {peer * 1e3:.0f} ms",
+        ratio=f"{median / peer:.1f}",
+        target="≤ 1 s",
+        met=median <= 1.0,
+    )
