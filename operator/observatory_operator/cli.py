@@ -116,6 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         watch = [ns.strip() for ns in os.environ.get("WATCH_NAMESPACE", "").split(",") if ns.strip()]
         args.namespace = watch or None
         args.all_namespaces = not watch
+    if not args.verbose:
+        # kopf logs a line per handler per watch event ("Handler 'remember' succeeded"): with many
+        # collectors that drowns the operator's own lines, which say what changed and why.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings = Settings(
         agent=AgentDefaults(image=args.agent_image),
         reconcile=ReconcileSettings(resync_seconds=args.resync_seconds),

@@ -468,19 +468,19 @@ def _data_flowing(
             warming += 1
     span = _human(2 * window)
     head = f"{reporting}/{desired} agents wrote within {span}"
-    if desired == 0:
-        return reporting, (ConditionStatus.UNKNOWN, "NoAgents", "no node runs an agent")
-    if reporting >= desired:
-        return reporting, (ConditionStatus.TRUE, "AllAgentsReporting", head)
-    if stale:
-        return reporting, (ConditionStatus.FALSE, "AgentsNotReporting", f"{head}; not writing: {', '.join(stale)}")
-    if warming:
-        return reporting, (ConditionStatus.UNKNOWN, "WaitingForFirstWrite", f"{head}; {warming} started recently")
     missing = desired - reporting
-    if not counts.rolled_out or counts.current < desired:
-        # Pods not created yet are a rollout in progress, not a broken data path.
-        return reporting, (ConditionStatus.UNKNOWN, "WaitingForAgents", f"{head}; {missing} agents not started yet")
-    return reporting, (ConditionStatus.FALSE, "AgentsNotReporting", f"{head}; {missing} have no running agent")
+    # Pods not created yet are a rollout in progress, not a broken data path.
+    settling = not counts.rolled_out or counts.current < desired
+    rules: tuple[tuple[bool, CondValue], ...] = (
+        (desired == 0 and settling, (ConditionStatus.UNKNOWN, "WaitingForAgents", "the DaemonSet is being rolled out")),
+        (desired == 0, (ConditionStatus.UNKNOWN, "NoAgents", "no node runs an agent")),
+        (reporting >= desired, (ConditionStatus.TRUE, "AllAgentsReporting", head)),
+        (bool(stale), (ConditionStatus.FALSE, "AgentsNotReporting", f"{head}; not writing: {', '.join(stale)}")),
+        (warming > 0, (ConditionStatus.UNKNOWN, "WaitingForFirstWrite", f"{head}; {warming} started recently")),
+        (settling, (ConditionStatus.UNKNOWN, "WaitingForAgents", f"{head}; {missing} agents not started yet")),
+    )
+    fallback = (ConditionStatus.FALSE, "AgentsNotReporting", f"{head}; {missing} have no running agent")
+    return reporting, next((value for applies, value in rules if applies), fallback)
 
 
 # --- the funnel ---------------------------------------------------------------------------

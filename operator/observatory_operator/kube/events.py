@@ -47,7 +47,7 @@ async def post(kube: Kube, obj: Mapping[str, Any], type_: str, reason: str, mess
     """Post one Event; a failure to post is logged, never raised (an Event is never worth a failed round)."""
     body = event_body(obj, type_, reason, message, datetime.now(UTC))
     path = f"/api/v1/namespaces/{obj['metadata']['namespace']}/events"
-    log.info("event %s %s: %s", type_, reason, message)
+    log.info("%s/%s: event %s %s: %s", obj["metadata"]["namespace"], obj["metadata"]["name"], type_, reason, message)
     try:
         await asyncio.to_thread(kube.request, "POST", path, body=body)
     except errors.KubeError as exc:
