@@ -13,9 +13,10 @@ get their node's IP. Deleting a pod stops its processes (SIGTERM, SIGKILL after 
 period) and then completes the deletion the way a kubelet does (grace period 0).
 
 Containers whose image starts with ``PROJECT_IMAGE`` really run: ``command`` + ``args``
-(or ``IMAGE_ENTRYPOINT`` + ``args``) become a local process whose executable is looked up
-first in the repository's ``.venv/bin`` (so ``observatory-agent``, ``python`` or
-``/app/.venv/bin/observatory-agent`` all resolve there), then on PATH. The process gets:
+(combined with the image's ``IMAGE_ENTRYPOINT``/``IMAGE_CMD`` as a runtime does) become a
+local process whose executable is looked up first in the repository's ``.venv/bin`` (so
+``observatory-agent``, ``python`` or ``/app/.venv/bin/observatory-agent`` all resolve there),
+then on PATH. The process gets:
 
 * the pod's env: literal values with ``$(VAR)`` expansion, downward-API ``fieldRef``
   (metadata.name/namespace/uid/labels/annotations, spec.nodeName, spec.serviceAccountName,
@@ -92,8 +93,9 @@ from tests.env.procs import Process, wait_for
 log = logging.getLogger("happy-observatory.nodesim")
 
 PROJECT_IMAGE = "ghcr.io/happy-patterns-org/happy-observatory"
-# The image's ENTRYPOINT, used when a container sets args but no command.
-IMAGE_ENTRYPOINT = ["observatory-agent"]
+# The image's ENTRYPOINT and CMD (docker/Dockerfile), combined with command/args the way a runtime does.
+IMAGE_ENTRYPOINT: list[str] = []
+IMAGE_CMD = ["observatory-agent", "run"]
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = REPO / ".venv" / "bin"
 POD_SHIM = Path(__file__).resolve().parent / "podshim"
@@ -287,6 +289,13 @@ def rewrite_path(value: str, mounts: list[tuple[str, Path]]) -> str:
         if rewritten != rest:
             return f"{flag}={rewritten}"
     return value
+
+
+def container_command(command: list[str] | None, args: list[str] | None) -> list[str]:
+    """What a runtime executes: ``command`` replaces ENTRYPOINT (and drops CMD), ``args`` replaces CMD."""
+    if command:
+        return [*command, *(args or [])]
+    return [*IMAGE_ENTRYPOINT, *(args if args else IMAGE_CMD)]
 
 
 def parse_quantity(q: str) -> float:
@@ -750,8 +759,8 @@ class PodWorker:
         return sorted(mounts, key=lambda t: len(t[0]), reverse=True)
 
     def _argv(self, c: Container, env: dict[str, str], mounts: list[tuple[str, Path]]) -> list[str]:
-        command = list(c.spec.get("command") or IMAGE_ENTRYPOINT)
-        argv = [rewrite_path(expand(a, env), mounts) for a in [*command, *(c.spec.get("args") or [])]]
+        command = container_command(c.spec.get("command"), c.spec.get("args"))
+        argv = [rewrite_path(expand(a, env), mounts) for a in command]
         exe = argv[0]
         candidate = VENV_BIN / Path(exe).name
         if candidate.exists():

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.env.nodesim import POD_SHIM, LoopbackIPs, expand, rewrite_path, write_atomic
+from tests.env.nodesim import POD_SHIM, LoopbackIPs, container_command, expand, rewrite_path, write_atomic
 
 
 def test_atomic_writer_swaps_data_and_keeps_user_paths_stable(tmp_path: Path) -> None:
@@ -73,3 +73,11 @@ def test_podshim_pins_wildcard_binds_and_maps_mounted_paths(tmp_path: Path) -> N
     with socket.socket() as sock:
         sock.bind(("0.0.0.0", 0))
         assert sock.getsockname()[0] == "0.0.0.0"
+
+
+def test_command_and_args_combine_with_the_images_entrypoint_and_cmd() -> None:
+    # docker/Dockerfile: ENTRYPOINT [] and CMD ["observatory-agent", "run"].
+    assert container_command(None, None) == ["observatory-agent", "run"]
+    assert container_command(None, ["observatory-processor", "run"]) == ["observatory-processor", "run"]
+    assert container_command(["observatory-operator"], None) == ["observatory-operator"]
+    assert container_command(["python"], ["-c", "pass"]) == ["python", "-c", "pass"]
