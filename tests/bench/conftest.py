@@ -7,6 +7,9 @@ The table is also written to `.bench/results.md` for the README and the closing 
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +49,25 @@ class Report:
 
 
 _REPORT = Report()
+
+
+@pytest.fixture(scope="session")
+def agent_bin() -> Path:
+    """``observatory-agent`` from a venv synced like the image's (``uv sync --frozen --no-dev``).
+
+    The process benchmarks (RSS, start-up) measure what ships. The repository's venv carries
+    the dev group, and structlog imports rich (import-linter's dependency) whenever it is
+    installed: about 9 MB the image never loads.
+    """
+    venv = ROOT / ".bench" / "venv"
+    uv = os.environ.get("UV") or shutil.which("uv") or "uv"
+    env = {**os.environ, "UV_PROJECT_ENVIRONMENT": str(venv)}
+    env.pop("VIRTUAL_ENV", None)
+    result = subprocess.run(
+        [uv, "sync", "--frozen", "--no-dev", "--quiet"], cwd=ROOT, env=env, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, f"uv sync --no-dev into {venv} failed:\n{result.stderr}"
+    return venv / "bin" / "observatory-agent"
 
 
 @pytest.fixture(scope="session")

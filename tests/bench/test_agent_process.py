@@ -1,6 +1,7 @@
 """The real ``observatory-agent run`` process: steady-state RSS while writing to influxd, and start to first sample.
 
-Both measured next to node_exporter (same collector families, see ``peers.py``) in the same run.
+Both measured next to node_exporter (same collector families, see ``peers.py``) in the same run,
+with the agent installed as the image installs it (``agent_bin``: ``uv sync --frozen --no-dev``).
 
 RSS: the agent runs every built-in collector at a 1 s interval with 10 s windows — ten times
 the production default's cycle rate, so growth shows sooner — writing to the bed's real
@@ -27,7 +28,6 @@ from typing import Any
 from tests.bench.conftest import Report
 from tests.bench.peers import NodeExporter, rss_bytes
 from tests.env.influx import InfluxDB
-from tests.env.nodesim import VENV_BIN
 from tests.env.procs import Process, free_port, terminate_group, wait_for
 
 RSS_SECONDS = float(os.environ.get("BENCH_RSS_SECONDS", "600"))
@@ -68,12 +68,14 @@ def _get(port: int, path: str) -> tuple[int, bytes]:
         conn.close()
 
 
-def test_steady_state_rss_writing_to_influxdb(report: Report, influxdb: InfluxDB, tmp_path: Path) -> None:
+def test_steady_state_rss_writing_to_influxdb(
+    report: Report, influxdb: InfluxDB, agent_bin: Path, tmp_path: Path
+) -> None:
     port = free_port()
     agent = Process(
         "agent",
         [
-            VENV_BIN / "observatory-agent",
+            agent_bin,
             "run",
             "--config",
             _config(tmp_path, influxdb, port, interval="1s", window="10s"),
@@ -141,7 +143,7 @@ def _time_to_ready(argv: list[str], ready: Any, log: Path, env: dict[str, str] |
         terminate_group(popen, grace=10)
 
 
-def test_start_to_first_sample(report: Report, influxdb: InfluxDB, tmp_path: Path) -> None:
+def test_start_to_first_sample(report: Report, influxdb: InfluxDB, agent_bin: Path, tmp_path: Path) -> None:
     ours, theirs = [], []
     exporter = NodeExporter(tmp_path)  # for its argv and port only
     for i in range(STARTS):
@@ -149,7 +151,7 @@ def test_start_to_first_sample(report: Report, influxdb: InfluxDB, tmp_path: Pat
         run_dir = tmp_path / f"run{i}"
         run_dir.mkdir()
         config = _config(run_dir, influxdb, port, interval="10s", window="1m")
-        argv = [str(VENV_BIN / "observatory-agent"), "run", "--config", str(config)]
+        argv = [str(agent_bin), "run", "--config", str(config)]
         ours.append(_time_to_ready(argv, lambda p=port: _get(p, "/readyz")[0] == 200, run_dir / "agent.log", _env()))
         theirs.append(_time_to_ready(exporter.process.argv, exporter.scrape, run_dir / "node-exporter.log"))
     median, peer = statistics.median(ours), statistics.median(theirs)
