@@ -126,11 +126,11 @@ def _resources(spec: ObservatoryCollectorSpec, settings: Settings) -> Obj:
     return out
 
 
-def _env(token_file: str | None) -> list[Obj]:
+def _env() -> list[Obj]:
     def field_ref(var: str, path: str) -> Obj:
         return {"name": var, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": path}}}
 
-    env = [
+    return [
         field_ref("NODE_NAME", "spec.nodeName"),
         field_ref("POD_NAME", "metadata.name"),
         field_ref("POD_NAMESPACE", "metadata.namespace"),
@@ -139,14 +139,7 @@ def _env(token_file: str | None) -> list[Obj]:
         {"name": "HOST_PROC", "value": "/host/proc"},
         {"name": "HOST_SYS", "value": "/host/sys"},
         {"name": "HOST_ROOT", "value": "/host/root"},
-        # The same paths agent.json names, also as variables (like OBSERVATORY_CONFIG): tools that relocate
-        # mounts (the test bed's node simulator) rewrite env values but cannot see inside agent.json.
-        {"name": "OBSERVATORY_BUFFER_DIR", "value": BUFFER_DIR},
     ]
-    if token_file:
-        # The file's path, never its content: the token itself stays in the mounted Secret.
-        env.append({"name": "OBSERVATORY_INFLUXDB_TOKEN_FILE", "value": token_file})
-    return env
 
 
 def _volumes(name: str, spec: ObservatoryCollectorSpec, settings: Settings) -> tuple[list[Obj], list[Obj]]:
@@ -206,7 +199,7 @@ def pod_template(name: str, spec: ObservatoryCollectorSpec, settings: Settings) 
         "image": image,
         "imagePullPolicy": spec.image_pull_policy or settings.agent.image_pull_policy,
         "command": list(COMMAND),
-        "env": _env(token_file(spec)),
+        "env": _env(),
         "ports": [{"name": names.METRICS_PORT_NAME, "containerPort": port, "protocol": "TCP"}],
         "readinessProbe": {
             "httpGet": {"path": "/readyz", "port": names.METRICS_PORT_NAME},

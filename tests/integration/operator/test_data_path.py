@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -53,6 +54,8 @@ def _setup(kube: Any, namespace: str, nodes: Nodes, influxdb: InfluxDB) -> None:
                 "collectors": [{"name": "cpu"}, {"name": "memory"}, {"name": "load"}],
                 "influxdb": {"tokenSecretRef": {"name": "influxdb-auth", "key": "token"}},
                 "tolerations": [nodes.toleration],
+                # Marks this test's points in the session's shared bucket.
+                "tags": {"run": namespace},
             },
         },
         namespace,
@@ -83,15 +86,23 @@ def test_every_real_agents_status_is_read_into_data_flowing(
         assert "points buffered" in flowing["message"]
 
 
-TOKEN_PATH_IN_SIMULATOR = (
-    "The node simulator rewrites mount paths only in args and env, but the agent reads the token path "
-    "(/var/run/secrets/observatory/influxdb/<key>) from agent.json, so simulated agents get 401 from InfluxDB. "
-    "The operator already sets OBSERVATORY_INFLUXDB_TOKEN_FILE and OBSERVATORY_BUFFER_DIR to the mount paths; "
-    "this passes once the agent lets those variables override agent.json."
-)
+def _nodes_with_points(influxdb: InfluxDB, run: str) -> set[str]:
+    """The node tags of this run's points in InfluxDB: what REPORTING claims, checked at the source."""
+    flux = f"""
+from(bucket: {json.dumps(influxdb.bucket)})
+  |> range(start: -10m)
+  |> filter(fn: (r) => r.run == {json.dumps(run)} and r._field == "count")
+  |> keep(columns: ["node"])
+  |> distinct(column: "node")
+"""
+    client = influxdb.client()
+    try:
+        tables = client.query_api().query(flux, org=influxdb.org)
+        return {str(record.values["_value"]) for table in tables for record in table.records}
+    finally:
+        client.close()
 
 
-@pytest.mark.xfail(reason=TOKEN_PATH_IN_SIMULATOR, strict=False)
 def test_real_agents_report_and_data_flowing_follows_influxdb(
     control_plane: ControlPlane, nodes: Nodes, influxdb: InfluxDB, namespace: str, operator: Operator
 ) -> None:
@@ -100,12 +111,13 @@ def test_real_agents_report_and_data_flowing_follows_influxdb(
 
     def reporting(want: str) -> dict[str, Any] | None:
         status = status_of(kube, namespace, NAME)
-        return status if status.get("reporting") == want else None
+        return status if status.get("reporting") == want and status.get("phase") == "Ready" else None
 
-    status = eventually(lambda: reporting("3/3"), timeout=60, what="REPORTING 3/3")
+    status = eventually(lambda: reporting("3/3"), timeout=60, what="READY and REPORTING 3/3")
+    assert status["ready"] == "3/3"
     assert condition(status, "DataFlowing")["status"] == "True"
-    assert status["phase"] == "Ready"
     assert status["lastWrite"]
+    assert _nodes_with_points(influxdb, namespace) == set(nodes.names)
 
     influxdb.stop()
     try:
