@@ -6,10 +6,12 @@ import json
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.env.controlplane import ControlPlane
 from tests.env.fixtures import Nodes
 from tests.env.influx import InfluxDB
+from tests.env.nodesim import REPO
 from tests.integration.operator.conftest import Operator, condition, eventually, status_of
 
 pytestmark = pytest.mark.integration
@@ -133,3 +135,38 @@ def test_real_agents_report_and_data_flowing_follows_influxdb(
     finally:
         influxdb.start()
     eventually(lambda: reporting("3/3"), timeout=60, what="REPORTING 3/3 again after InfluxDB is back")
+
+
+def test_the_example_collector_runs_and_reports_on_the_nodes_it_tolerates(
+    control_plane: ControlPlane, nodes: Nodes, influxdb: InfluxDB, namespace: str, operator: Operator
+) -> None:
+    """examples/ as a user applies them: host network and PID (network, processes), one node left out by its taint."""
+    kube = control_plane.kube
+    shared = yaml.safe_load((REPO / "examples" / "shared-config.yaml").read_text())
+    shared["data"].update(influxdb_url=influxdb.url, influxdb_org=influxdb.org, influxdb_bucket=influxdb.bucket)
+    kube.apply(shared, namespace)
+    kube.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "influxdb-auth"},
+            "stringData": {"token": influxdb.token},
+        },
+        namespace,
+    )
+    example = yaml.safe_load((REPO / "examples" / "collector.yaml").read_text())
+    kube.apply(example, namespace)
+    name = example["metadata"]["name"]
+
+    def reporting() -> dict[str, Any] | None:
+        status = status_of(kube, namespace, name)
+        return status if status.get("reporting") == "2/2" and status.get("phase") == "Ready" else None
+
+    # Windows are a minute long and aligned to the wall clock: the first write comes within two.
+    status = eventually(reporting, timeout=150, what="READY and REPORTING 2/2 with the example")
+    assert status["ready"] == "2/2"
+    (uncovered,) = status["uncoveredNodes"]
+    assert (uncovered["node"], uncovered["reason"]) == (nodes.tainted, "NotTolerated")
+    ds = kube.get(f"/apis/apps/v1/namespaces/{namespace}/daemonsets/{name}-agent")
+    assert ds["spec"]["template"]["spec"]["hostNetwork"] is True
+    assert ds["spec"]["template"]["spec"]["hostPID"] is True
