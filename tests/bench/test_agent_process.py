@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.bench.conftest import Report
 from tests.bench.peers import NodeExporter, rss_bytes
 from tests.env.influx import InfluxDB
@@ -68,6 +70,7 @@ def _get(port: int, path: str) -> tuple[int, bytes]:
         conn.close()
 
 
+@pytest.mark.timeout(RSS_SECONDS + 180)
 def test_steady_state_rss_writing_to_influxdb(
     report: Report, influxdb: InfluxDB, agent_bin: Path, tmp_path: Path
 ) -> None:

@@ -84,8 +84,8 @@ def _peer(influx: InfluxDB, metrics: list[AggregatedMetric]) -> float:
                 p.tag(k, v)
             p.field("count", m.count).field("sum", m.sum).field("mean", m.mean).field("min", m.min)
             p.field("max", m.max).field("last", m.last)
-            for k, v in m.quantiles.items():
-                p.field(k, v)
+            for q, value in m.quantiles.items():
+                p.field(q, value)
             out.append(p)
         return out
 
