@@ -431,3 +431,30 @@ def test_invalid_shared_config_is_reported_but_children_stay_applied(
         return any(e.get("reason") == "SharedConfigInvalid" and e.get("type") == "Warning" for e in events)
 
     eventually(warning, timeout=15, what="a SharedConfigInvalid Warning Event")
+
+
+def test_a_spec_the_api_server_refuses_applies_nothing_and_says_why(
+    control_plane: ControlPlane, namespace: str, operator: Operator
+) -> None:
+    """affinity passes through to the pod; a bad one is refused by the DaemonSet's validation, not the CRD's."""
+    kube = control_plane.kube
+    _secret(kube, namespace)
+    bad_affinity = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": [{"key": "pool", "operator": "Sometimes"}]}]
+            }
+        }
+    }
+    kube.apply(_collector(affinity=bad_affinity), namespace)
+
+    def rejected() -> dict[str, Any] | None:
+        reconciled = condition(status_of(kube, namespace, NAME), "Reconciled")
+        return reconciled if reconciled.get("reason") == "ApplyRejected" else None
+
+    reconciled = eventually(rejected, timeout=30, what="Reconciled=False ApplyRejected")
+    assert "Sometimes" in reconciled["message"] or "operator" in reconciled["message"]
+    # The dry run caught it before anything was written: no ConfigMap ahead of a DaemonSet that cannot follow.
+    assert get_or_none(kube, CM.format(ns=namespace)) is None
+    assert get_or_none(kube, DS.format(ns=namespace)) is None
+    assert status_of(kube, namespace, NAME)["phase"] == "Failed"
