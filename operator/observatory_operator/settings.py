@@ -26,7 +26,7 @@ class AgentDefaults:
     buffer_size_limit: str = "128Mi"
     """emptyDir size limit of the on-disk write buffer (the agent caps itself at 64 MiB)."""
     run_as_user: int = 65532
-    """The distroless 'nonroot' uid: agents read world-readable /proc and /sys files only."""
+    """The image's own non-root user (docker/Dockerfile): agents read world-readable /proc and /sys files only."""
 
 
 @dataclass(frozen=True)

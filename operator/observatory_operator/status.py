@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from observatory_agent.contract import DEFAULT_WINDOW, ConfigError, SharedConfig, parse_duration
@@ -574,23 +574,14 @@ def compute(observed: Observed, now: datetime) -> Computed:
     return Computed(status=status.model_dump(by_alias=True, mode="json"), transitions=transitions)
 
 
-def paused_since(previous: Sequence[Obj], now: datetime) -> timedelta:
-    """How long the Reconciled condition has said Paused (zero when it does not)."""
-    for cond in previous:
-        if cond.get("type") == RECONCILED and cond.get("reason") == "Paused":
-            since = _parse_time(cond.get("lastTransitionTime"))
-            return now - since if since else timedelta(0)
-    return timedelta(0)
-
-
 __all__ = [
     "AgentReport",
     "Computed",
-    "ConfigError",
     "Observed",
     "Outcome",
     "Transition",
     "compute",
     "coverage",
     "effective_window",
+    "shared_config_problem",
 ]
