@@ -184,6 +184,7 @@ def install_collect_uninstall(
     bed_root: Path,
     *,
     watch_namespaces: list[str],
+    replicas: int = 1,
 ) -> None:
     release = f"obs-{namespace.rsplit('-', 1)[-1]}"  # cluster-scoped RBAC names differ per test
     work = bed_root / "e2e" / namespace
@@ -206,6 +207,7 @@ def install_collect_uninstall(
                 "--set-string", f"sharedConfig.data.influxdb_org={influxdb.org}",
                 "--set-string", f"sharedConfig.data.influxdb_bucket={influxdb.bucket}",
                 "--set-string", f"sharedConfig.data.cluster_name={CLUSTER}",
+                "--set", f"operator.replicas={replicas}",
             )  # fmt: skip
             step("helm install")
             deployment = f"{release}-operator"
@@ -215,16 +217,33 @@ def install_collect_uninstall(
                 what=f"Deployment {deployment} Available",
             )
             pods = operator_pods(control_plane, namespace, release)
-            assert len(pods) == 1
-            assert pods[0]["spec"]["serviceAccountName"] == deployment
-            worker = nodes.simulator.worker(namespace, pods[0]["metadata"]["name"])
-            assert worker is not None
-            assert worker.pid("operator") is not None, "the operator runs as a process"
-
+            assert len(pods) == replicas
+            workers = []
+            for pod in pods:
+                assert pod["spec"]["serviceAccountName"] == deployment
+                worker = nodes.simulator.worker(namespace, pod["metadata"]["name"])
+                assert worker is not None
+                assert worker.pid("operator") is not None, "the operator runs as a process"
+                workers.append(worker)
             args = pods[0]["spec"]["containers"][0]["args"]
             expected = [f"--namespace={ns}" for ns in watch_namespaces] or ["--all-namespaces"]
             assert [a for a in args if a.startswith(("--namespace", "--all-namespaces"))] == expected, args
-            step("operator Available")
+            assert any(a.startswith("--peering") for a in args) == (replicas > 1), args
+            if replicas > 1:
+                # Every replica's keep-alive lands in the chart's KopfPeering: its RBAC suffices for peering.
+                peering = f"/apis/kopf.dev/v1/namespaces/{namespace}/kopfpeerings/{release}"
+
+                def all_peers() -> dict[str, Any] | None:
+                    status: dict[str, Any] = control_plane.kube.get(peering).get("status") or {}
+                    return status if len(status) == replicas else None
+
+                peers = wait_until(
+                    all_peers,
+                    timeout=WAIT,
+                    what=f"{replicas} peers in KopfPeering {release}",
+                )
+                assert len({peer["priority"] for peer in peers.values()}) == replicas, peers
+            step(f"operator Available ({replicas} replica{'s' if replicas > 1 else ''})")
 
             applied = dt.datetime.now(dt.UTC).replace(microsecond=0)
             kubectl(control_plane, "apply", "-n", namespace, "-f", str(collector_manifest(nodes, influxdb, work)))
@@ -271,7 +290,7 @@ def install_collect_uninstall(
                 timeout=WAIT,
                 what="the operator's Deployment and pod gone after helm uninstall",
             )
-            assert worker.pid("operator") is None, "the operator's process ended with its pod"
+            assert all(w.pid("operator") is None for w in workers), "the operator's processes ended with their pods"
             step("helm uninstall")
 
             # No finalizer holds a collector while no operator runs: kubectl delete returns, and the
@@ -319,3 +338,12 @@ def test_install_collect_uninstall_watching_all_namespaces(
     control_plane: ControlPlane, nodes: Nodes, influxdb: InfluxDB, namespace: str, helm_cli: Helm, bed_root: Path
 ) -> None:
     install_collect_uninstall(control_plane, nodes, influxdb, namespace, helm_cli, bed_root, watch_namespaces=[])
+
+
+def test_install_collect_uninstall_with_peering_replicas(
+    control_plane: ControlPlane, nodes: Nodes, influxdb: InfluxDB, namespace: str, helm_cli: Helm, bed_root: Path
+) -> None:
+    """Two replicas: kopf peering (the chart's KopfPeering and its RBAC) keeps one writer, and the flow still works."""
+    install_collect_uninstall(
+        control_plane, nodes, influxdb, namespace, helm_cli, bed_root, watch_namespaces=[namespace], replicas=2
+    )
