@@ -15,7 +15,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from observatory_agent.contract import DURATION_PATTERN, SYSTEM_COLLECTORS, parse_duration
+from observatory_agent.contract import DEFAULT_METRICS_PORT, DURATION_PATTERN, SYSTEM_COLLECTORS, parse_duration
 
 GROUP: Final = "observatory.happypatterns.org"
 VERSION: Final = "v1alpha1"
@@ -392,6 +392,15 @@ class ObservatoryCollectorSpec(_Model):
     )
     priority_class_name: str | None = Field(default=None, max_length=253, description="PriorityClass of agent pods.")
     update_strategy: UpdateStrategy | None = Field(default=None, description="DaemonSet update strategy.")
+    metrics_port: int = Field(
+        default=DEFAULT_METRICS_PORT,
+        ge=1024,
+        le=65535,
+        description=(
+            "Port of the agents' /metrics, /healthz, /readyz and /status. With the network collector the "
+            "agents share the node's network, so two collectors on the same nodes need different ports."
+        ),
+    )
     paused: bool = Field(default=False, description="When true the operator stops reconciling and says so in status.")
 
     @model_validator(mode="after")

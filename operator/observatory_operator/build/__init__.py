@@ -61,7 +61,7 @@ def build_collector(
     digest = hashing.config_hash(rendered, template)
     objects = [
         agent.configmap(name, namespace, rendered, labels),
-        agent.service(name, namespace, labels),
+        agent.service(name, namespace, labels, spec.metrics_port),
         agent.daemonset(name, namespace, spec, template, config_hash=digest, labels=labels),
     ]
     if service_monitor:

@@ -84,7 +84,7 @@ def agent_config(name: str, namespace: str, spec: ObservatoryCollectorSpec) -> A
         tags=dict(spec.tags or {}),
         influxdb=InfluxTarget(url=influx.url, org=influx.org, bucket=influx.bucket, token_file=token_file(spec)),
         buffer_dir=BUFFER_DIR,
-        port=DEFAULT_METRICS_PORT,
+        port=spec.metrics_port,
     )
 
 
@@ -193,7 +193,7 @@ def pod_template(name: str, spec: ObservatoryCollectorSpec, settings: Settings) 
     """
     image = spec.image or settings.agent.image
     volumes, mounts = _volumes(name, spec, settings)
-    port = DEFAULT_METRICS_PORT
+    port = spec.metrics_port
     container: Obj = {
         "name": names.AGENT_CONTAINER,
         "image": image,
@@ -294,7 +294,7 @@ def daemonset(
     }
 
 
-def service(name: str, namespace: str, labels: dict[str, str]) -> Obj:
+def service(name: str, namespace: str, labels: dict[str, str], port: int = DEFAULT_METRICS_PORT) -> Obj:
     """A headless Service listing every agent's metrics endpoint (for Prometheus and for people)."""
     return {
         "apiVersion": "v1",
@@ -308,7 +308,7 @@ def service(name: str, namespace: str, labels: dict[str, str]) -> Obj:
             "ports": [
                 {
                     "name": names.METRICS_PORT_NAME,
-                    "port": DEFAULT_METRICS_PORT,
+                    "port": port,
                     "targetPort": names.METRICS_PORT_NAME,
                     "protocol": "TCP",
                 }

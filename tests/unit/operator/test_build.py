@@ -330,3 +330,14 @@ def test_long_label_values_are_hashed_within_63_characters() -> None:
     value = names.label_value("n" * 200)
     assert len(value) <= 63
     assert value != names.label_value("n" * 199 + "m")
+
+
+def test_metrics_port_reaches_container_probes_service_and_agent_config() -> None:
+    # Two collectors with the network collector share each node's network: they need distinct ports.
+    objects = _by_kind(build_collector(OWNER, _spec(metricsPort=9470), Settings()).objects)
+    container = objects["DaemonSet"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["ports"][0]["containerPort"] == 9470
+    assert container["readinessProbe"]["httpGet"]["port"] == container["ports"][0]["name"]
+    assert objects["Service"]["spec"]["ports"][0]["port"] == 9470
+    config = AgentConfig.model_validate_json(objects["ConfigMap"]["data"]["agent.json"])
+    assert config.port == 9470
