@@ -112,6 +112,9 @@ class Agent:
             "version": self.version,
             "node": self.node,
             "ready": self.ready,
+            # False when shared-config's observatory_enabled (or the spec) switched collection off:
+            # the operator then reports "disabled", not "broken", for an agent that writes nothing.
+            "enabled": self._loaded.effective.enabled if self._loaded else True,
         }
 
     # --- configuration ------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 ``/status`` is what the operator reads into the ObservatoryCollector's status::
 
     {"last_successful_write": unix | null, "buffered_points": int, "buffered_bytes": int,
-     "errors": {...}, "config_hash": str, "version": str, "node": str, "ready": bool}
+     "errors": {...}, "config_hash": str, "version": str, "node": str, "ready": bool, "enabled": bool}
 """
 
 from __future__ import annotations

@@ -32,6 +32,8 @@ Obj = Mapping[str, Any]
 READY: Final = "Ready"
 RECONCILED: Final = "Reconciled"
 DATA_FLOWING: Final = "DataFlowing"
+COLLECTION_DISABLED: Final = "CollectionDisabled"
+"""DataFlowing's reason when agents write nothing on purpose: not a Degraded collector."""
 
 NOT_TOLERATED: Final = "NotTolerated"
 SELECTOR_MISMATCH: Final = "SelectorMismatch"
@@ -76,6 +78,8 @@ class AgentReport:
     buffered_points: int = 0
     ready: bool = False
     config_hash: str | None = None
+    enabled: bool = True
+    """False when collection is switched off (shared-config observatory_enabled, spec): no writes expected."""
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> AgentReport:
@@ -90,6 +94,7 @@ class AgentReport:
             buffered_points=max(buffered, 0),
             ready=bool(data.get("ready", False)),
             config_hash=raw_hash if isinstance(raw_hash, str) else None,
+            enabled=data.get("enabled", True) is not False,
         )
 
 
@@ -454,12 +459,16 @@ def _data_flowing(
     """(reporting agents, DataFlowing condition value)."""
     desired = counts.desired
     horizon = now.timestamp() - 2 * window
-    reporting, warming = 0, 0
+    reporting, warming, disabled = 0, 0, 0
     stale: list[str] = []
     for pod in sorted(pods, key=lambda p: str(p["metadata"]["name"])):
         if (pod.get("metadata") or {}).get("deletionTimestamp"):
             continue
-        lag = _agent_lag(pod, reports.get(str(pod["metadata"]["name"])), horizon, window, now)
+        report = reports.get(str(pod["metadata"]["name"]))
+        if report is not None and not report.enabled:
+            disabled += 1
+            continue
+        lag = _agent_lag(pod, report, horizon, window, now)
         if lag is None:
             reporting += 1
         elif lag:
@@ -472,6 +481,15 @@ def _data_flowing(
     # Pods not created yet are a rollout in progress, not a broken data path.
     settling = not counts.rolled_out or counts.current < desired
     rules: tuple[tuple[bool, CondValue], ...] = (
+        (
+            disabled > 0 and reporting == 0 and not stale,
+            (
+                ConditionStatus.FALSE,
+                COLLECTION_DISABLED,
+                f"{disabled}/{desired} agents have collection switched off "
+                "(observatory_enabled is false in shared-config)",
+            ),
+        ),
         (desired == 0 and settling, (ConditionStatus.UNKNOWN, "WaitingForAgents", "the DaemonSet is being rolled out")),
         (desired == 0, (ConditionStatus.UNKNOWN, "NoAgents", "no node runs an agent")),
         (reporting >= desired, (ConditionStatus.TRUE, "AllAgentsReporting", head)),
@@ -504,7 +522,7 @@ def _ready_condition(ds: Obj | None, counts: _Counts, failing: Sequence[Uncovere
     return ConditionStatus.FALSE, "AgentsNotReady", f"{c.ready}/{c.desired} agents ready, {c.updated} updated"
 
 
-def _phase(observed: Observed, counts: _Counts, uncovered: Sequence[UncoveredNode], flow: ConditionStatus) -> Phase:
+def _phase(observed: Observed, counts: _Counts, uncovered: Sequence[UncoveredNode], flow: CondValue) -> Phase:
     """The first rule that applies wins: the order is the precedence users read in ``kubectl get``."""
     c = counts
     reasons = {u.reason for u in uncovered}
@@ -516,7 +534,7 @@ def _phase(observed: Observed, counts: _Counts, uncovered: Sequence[UncoveredNod
         (c.desired == 0, Phase.PENDING),
         (POD_FAILING in reasons, Phase.DEGRADED),
         (c.ready < c.desired or c.updated < c.desired or POD_PENDING in reasons, Phase.PROGRESSING),
-        (flow is ConditionStatus.FALSE, Phase.DEGRADED),
+        (flow[0] is ConditionStatus.FALSE and flow[1] != COLLECTION_DISABLED, Phase.DEGRADED),
     )
     return next((phase for applies, phase in rules if applies), Phase.READY)
 
@@ -556,7 +574,7 @@ def compute(observed: Observed, now: datetime) -> Computed:
     ]
     status = ObservatoryCollectorStatus(
         observed_generation=gen,
-        phase=_phase(observed, counts, uncovered, flow[0]),
+        phase=_phase(observed, counts, uncovered, flow),
         conditions=conditions,
         desired_agents=counts.desired,
         current_agents=counts.current,

@@ -64,7 +64,9 @@ async def test_agent_buffers_every_window_when_influxdb_is_not_configured(tmp_pa
         "version",
         "node",
         "ready",
+        "enabled",
     }
+    assert status["enabled"] is True
     buffer = DurableBuffer(tmp_path / "buffer", 1 << 26)
     lines = []
     while (record := buffer.peek()) is not None:
@@ -167,6 +169,7 @@ async def test_disabled_agent_is_ready_and_collects_nothing(tmp_path: Path) -> N
     task = asyncio.create_task(agent.run(stop))
     await asyncio.sleep(1.5)
     assert agent.ready
+    assert agent.status()["enabled"] is False  # the operator reads this: "switched off", not "broken"
     stop.set()
     await asyncio.wait_for(task, timeout=10)
     assert DurableBuffer(tmp_path / "buffer", 1 << 26).peek() is None

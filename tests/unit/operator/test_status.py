@@ -432,3 +432,25 @@ def test_shared_config_problems_name_the_configmap_and_key() -> None:
     unknown = st.shared_config_problem({"influx_url": "http://x"}, "org")
     assert unknown is not None
     assert "influx_url" in unknown
+
+
+def test_switched_off_collection_is_said_so_not_degraded() -> None:
+    off = st.AgentReport(ready=True, enabled=False)
+    result = compute(daemonset=ds(2, 2), pods=TWO_READY, nodes=NODES[:2], reports={"a-1": off, "a-2": off})
+    flowing = cond(result, "DataFlowing")
+    assert flowing["status"] == "False"
+    assert flowing["reason"] == "CollectionDisabled"
+    assert "observatory_enabled is false" in flowing["message"]
+    assert result.status["phase"] == "Ready"
+
+
+def test_one_agent_still_disabled_after_others_resumed_does_not_hide_a_broken_one() -> None:
+    off = st.AgentReport(ready=True, enabled=False)
+    result = compute(daemonset=ds(2, 2), pods=TWO_READY, nodes=NODES[:2], reports={"a-1": off, "a-2": wrote(600)})
+    assert cond(result, "DataFlowing")["reason"] == "AgentsNotReporting"
+    assert result.status["phase"] == "Degraded"
+
+
+def test_agent_report_reads_enabled() -> None:
+    assert st.AgentReport.from_json({"enabled": False}).enabled is False
+    assert st.AgentReport.from_json({}).enabled is True
