@@ -26,8 +26,9 @@ typecheck: bootstrap ## mypy --strict over both packages
 imports: bootstrap ## import-linter layering contracts
 	$(UV) run lint-imports
 
-env: ## Build the test environment's binaries that are missing (cached outside the repo)
+env: ## Build the test environment's binaries that are missing (cached outside the repo); Debian's promtool, node_exporter
 	python3 tests/env/build.py
+	python3 -m tests.env.tools
 
 unit: bootstrap ## Unit tests only (pure code, fast)
 	$(UV) run pytest tests/unit
