@@ -18,10 +18,12 @@ Settings and why:
   finalizer on every object that has a timer and collectors must stay deletable while the
   operator is down.
 - **More than one replica**: the default is ``--standalone``, for the chart's single replica.
-  With ``--peering NAME`` replicas use kopf peering (the KopfPeering CRDs from kopf's
-  ``peering.yaml`` must be installed): the replica with the highest ``--priority`` works, the
-  others pause until its heartbeat stops, so there is one writer at a time. Give replicas
-  distinct priorities (the default derives one from the pod name) — kopf does not pause on ties.
+  With ``--peering NAME`` replicas use kopf peering (the KopfPeering CRDs ship in the chart's
+  ``crds/``): the replica with the highest ``--priority`` works, the others pause until its
+  heartbeat stops, so there is one writer at a time. The operator creates the peering object
+  before kopf starts (``kube/peering.py``): a replica started before it existed would work as
+  if alone. Give replicas distinct priorities (the default derives one from the pod name) —
+  kopf does not pause on ties.
 - **Persistence**: kopf's bookkeeping goes to annotations under our own group, not to
   ``status``, which belongs to the status funnel alone.
 """
@@ -43,6 +45,7 @@ from observatory_operator import __version__
 from observatory_operator.api.models import GROUP
 from observatory_operator.handlers import collector
 from observatory_operator.handlers.runtime import Runtime
+from observatory_operator.kube import peering
 from observatory_operator.kube.client import Kube
 from observatory_operator.settings import AgentDefaults, ReconcileSettings, Settings
 
@@ -127,6 +130,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     kube = Kube.from_environment(field_manager=settings.field_manager)
     runtime = Runtime(kube=kube, settings=settings)
     registry = build_registry(settings, peering=args.peering, all_namespaces=args.all_namespaces)
+    if args.peering:
+        peering.ensure_peering(
+            kube, args.peering, namespaces=args.namespace or (), clusterwide=bool(args.all_namespaces)
+        )
     logging.getLogger("observatory_operator").info(
         "starting %s, namespaces=%s", __version__, "ALL" if args.all_namespaces else ",".join(args.namespace)
     )

@@ -47,8 +47,8 @@ CLUSTER_RULES: Final = (
     Rule(
         ("kopf.dev",),
         ("clusterkopfpeerings",),
-        ("get", "list", "watch", "patch"),
-        "only with --peering and --all-namespaces: one active replica at a time",
+        ("get", "list", "watch", "patch", "create"),
+        "only with --peering and --all-namespaces: one active replica at a time; created before kopf starts",
     ),
 )
 """Cluster-scoped resources: always in a ClusterRole."""
@@ -68,7 +68,12 @@ NAMESPACED_RULES: Final = (
     ),
     Rule(("",), ("events",), ("create", "patch"), "Events on collectors"),
     Rule(("monitoring.coreos.com",), ("servicemonitors",), OWN, "a ServiceMonitor when prometheus-operator is there"),
-    Rule(("kopf.dev",), ("kopfpeerings",), ("get", "list", "watch", "patch"), "only with --peering, per namespace"),
+    Rule(
+        ("kopf.dev",),
+        ("kopfpeerings",),
+        ("get", "list", "watch", "patch", "create"),
+        "only with --peering, per namespace; created before kopf starts",
+    ),
 )
 """Namespaced resources: in the ClusterRole with --all-namespaces, else in a Role per watched namespace."""
 

@@ -230,7 +230,7 @@ def install_collect_uninstall(
             assert [a for a in args if a.startswith(("--namespace", "--all-namespaces"))] == expected, args
             assert any(a.startswith("--peering") for a in args) == (replicas > 1), args
             if replicas > 1:
-                # Every replica's keep-alive lands in the chart's KopfPeering: its RBAC suffices for peering.
+                # The operator created its KopfPeering before kopf started; every replica's keep-alive lands in it.
                 peering = f"/apis/kopf.dev/v1/namespaces/{namespace}/kopfpeerings/{release}"
 
                 def all_peers() -> dict[str, Any] | None:
