@@ -29,6 +29,7 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
+from observatory_agent.contract import SYSTEM_COLLECTORS
 from tests.env import tools
 from tests.env.procs import Process, free_port, wait_for
 
@@ -43,19 +44,7 @@ NODE_EXPORTER_COLLECTORS = (
     "stat",
     "processes",
 )
-AGENT_COLLECTORS = (
-    "cpu",
-    "cpu_core",
-    "memory",
-    "swap",
-    "load",
-    "disk_usage",
-    "disk_io",
-    "network",
-    "filesystem",
-    "uptime",
-    "processes",
-)
+AGENT_COLLECTORS = tuple(k for k in SYSTEM_COLLECTORS if k != "cpuinfo")
 """The agent's system collectors matching ``NODE_EXPORTER_COLLECTORS`` (all but ``cpuinfo``)."""
 
 _TICK = os.sysconf("SC_CLK_TCK")

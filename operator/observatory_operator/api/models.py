@@ -424,8 +424,8 @@ class UncoveredNode(_Model):
     message: str = Field(default="", description="Detail, e.g. the taint not tolerated.")
 
 
-class ObservatoryCollectorStatus(_Model):
-    """Observed state, including whether data actually reaches InfluxDB."""
+class _Status(_Model):
+    """What both kinds' status carries: the reconciled generation, a phase and the conditions."""
 
     observed_generation: int | None = Field(default=None, description="The spec generation last reconciled.")
     phase: Phase | None = Field(default=None, description="Pending, Progressing, Ready, Degraded, Paused or Failed.")
@@ -434,6 +434,11 @@ class ObservatoryCollectorStatus(_Model):
         description="Ready, Reconciled and DataFlowing.",
         json_schema_extra=CONDITIONS_SCHEMA_EXTRA,
     )
+
+
+class ObservatoryCollectorStatus(_Status):
+    """Observed state, including whether data actually reaches InfluxDB."""
+
     desired_agents: int | None = Field(default=None, description="Nodes that should run an agent.")
     current_agents: int | None = Field(default=None, description="Nodes running an agent pod.")
     updated_agents: int | None = Field(default=None, description="Agent pods on the current template.")
@@ -548,16 +553,9 @@ class AggregationRuleSpec(_Model):
         return self
 
 
-class AggregationRuleStatus(_Model):
+class AggregationRuleStatus(_Status):
     """Observed state of the rule's processor and its output."""
 
-    observed_generation: int | None = Field(default=None, description="The spec generation last reconciled.")
-    phase: Phase | None = Field(default=None, description="Pending, Progressing, Ready, Degraded, Paused or Failed.")
-    conditions: list[Condition] | None = Field(
-        default=None,
-        description="Ready, Reconciled and DataFlowing.",
-        json_schema_extra=CONDITIONS_SCHEMA_EXTRA,
-    )
     ready: str | None = Field(default=None, description="ready/desired processor replicas, e.g. 1/1.")
     last_window: datetime | None = Field(default=None, description="End of the newest window written.")
     series: int | None = Field(default=None, description="Series written in the newest window.")
