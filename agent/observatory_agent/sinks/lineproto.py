@@ -24,8 +24,10 @@ hypothesis test pins that it produces exactly what ``Point`` produces wherever `
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from typing import Final
+import operator
+import re
+from collections.abc import Callable, Iterable
+from typing import Final, NamedTuple
 
 from observatory_agent.contract import AggregatedMetric
 
@@ -61,9 +63,40 @@ def _float(value: float) -> str:
     return text[:-2] if text.endswith(".0") else text
 
 
+def _tags(tags: dict[str, str]) -> str:
+    return "".join(f",{_tag_key(k)}={_close(v.translate(_KEY))}" for k, v in sorted(tags.items()) if k and v)
+
+
+_BASE_FIELDS: Final = ("last", "max", "mean", "min", "sum")
+_COUNT: Final = "count"
+
+
+_WHOLE: Final = re.compile(r"\.0(?=,|$)")
+"""A float field's trailing ``.0`` (``Point`` trims it too); keys end in ``=``, never here."""
+
+
+class _Layout(NamedTuple):
+    """One field set's line template, filled with ``%`` from ``values`` in line order."""
+
+    template: str
+    values: Callable[[dict[str, float]], tuple[float, ...]]
+
+
+def _layout(quantile_keys: tuple[str, ...]) -> _Layout | None:
+    """The fields sorted by key (``Point``'s order), ``count`` as an integer, floats by ``repr``.
+
+    None when a quantile key repeats a base field's name: ``encode`` handles that rare case.
+    """
+    if set(quantile_keys) & {*_BASE_FIELDS, _COUNT}:
+        return None
+    keys = sorted((*_BASE_FIELDS, _COUNT, *quantile_keys))
+    parts = [f"{escape_key(k).replace('%', '%%')}={'%di' if k == _COUNT else '%r'}" for k in keys]
+    return _Layout(",".join(parts), operator.itemgetter(*keys))
+
+
 def encode(metric: AggregatedMetric) -> str:
     """One line: measurement = metric name, tags sorted, aggregate fields, window end (ms)."""
-    tags = "".join(f",{_tag_key(k)}={_close(v.translate(_KEY))}" for k, v in sorted(metric.tags.items()) if k and v)
+    tags = _tags(metric.tags)
     values = {
         "last": metric.last,
         "max": metric.max,
@@ -81,4 +114,51 @@ def encode(metric: AggregatedMetric) -> str:
 
 
 def encode_many(metrics: Iterable[AggregatedMetric]) -> list[str]:
-    return [encode(m) for m in metrics]
+    """``[encode(m) for m in metrics]``, sharing the escaping work between metrics.
+
+    A window's series repeat their names and tag sets from window to window and share one
+    field layout, so a batch spanning several windows (a catch-up) escapes each only once.
+    The caches live for this call only.
+    """
+    names: dict[str, str] = {}
+    tagsets: dict[tuple[tuple[str, str], ...], str] = {}
+    layouts: dict[tuple[str, ...], _Layout | None] = {}
+    isfinite = math.isfinite
+    whole = _WHOLE.sub
+    out: list[str] = []
+    append = out.append
+    for m in metrics:
+        quantiles = m.quantiles
+        qkeys = tuple(quantiles)
+        if qkeys in layouts:
+            layout = layouts[qkeys]
+        else:
+            layout = layouts[qkeys] = _layout(qkeys)
+        floats = (m.last, m.max, m.mean, m.min, m.sum, *quantiles.values())
+        # A finite sum means every value is finite; otherwise the general path drops the rest.
+        if layout is None or not isfinite(sum(floats)) or m.count.__class__ is not int or abs(m.count) >= _EXACT:
+            append(encode(m))
+            continue
+        name = m.name
+        measurement = names.get(name)
+        if measurement is None:
+            measurement = names[name] = escape_measurement(name)
+        tag_items = tuple(m.tags.items())
+        tags = tagsets.get(tag_items)
+        if tags is None:
+            tags = tagsets[tag_items] = _tags(m.tags)
+        values = {"count": m.count, "last": m.last, "max": m.max, "mean": m.mean, "min": m.min, "sum": m.sum}
+        values.update(quantiles)
+        fields = whole("", layout.template % tuple(map(_number, layout.values(values))))
+        append(f"{measurement}{tags} {fields} {round(m.timestamp * 1000)}")
+    return out
+
+
+_EXACT: Final = 2**53
+"""Integers below this print (``%r``) as their float does, less the ``.0``."""
+
+
+def _number(value: float) -> float:
+    # ``%r`` must print a float field as ``repr(float(v))`` even when an int got into it
+    # (and ``count``, an exact int in the fast path, stays one).
+    return value if value.__class__ is float or (value.__class__ is int and abs(value) < _EXACT) else float(value)

@@ -123,6 +123,40 @@ def test_encoding_matches_influxdb_client_point_where_point_is_safe(name: str, t
     assert lineproto.encode(metric) == point.to_line_protocol()
 
 
+number = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.booleans(),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(
+            text.filter(bool),
+            st.dictionaries(text, text, max_size=4),
+            st.dictionaries(st.sampled_from(["p50", "p99.9", "p%", "last", "count", "a b", "p,1"]), number),
+            st.lists(number, min_size=5, max_size=5),
+            st.integers(min_value=0, max_value=2**60),
+        ),
+        max_size=6,
+    )
+)
+def test_encode_many_equals_encoding_each_metric_alone(
+    rows: list[tuple[str, dict[str, str], dict[str, float], list[float], int]],
+) -> None:
+    """The batch encoder's shared caches and line template change nothing, whatever the values."""
+    metrics = []
+    for name, tags, quantiles, (last, hi, mean, lo, total), count in rows * 2:  # repeats hit the caches
+        metric = AggregatedMetric.model_construct(
+            name=name, tags=tags, timestamp=1_700_000_060.0, window_start=1_700_000_000.0, count=count,
+            sum=total, mean=mean, min=lo, max=hi, last=last, quantiles=quantiles,
+        )  # fmt: skip
+        metrics.append(metric)
+    assert lineproto.encode_many(metrics) == [lineproto.encode(m) for m in metrics]
+
+
 def test_tag_value_ending_in_backslash_cannot_swallow_the_separator() -> None:
     line = lineproto.encode(_metric("m\\", {"k\\": "v\\"}))
     _, tags, fields, _ = _parse(line)
