@@ -6,7 +6,9 @@ Errors, as the delivery loop sees them::
     ├── RetryableWriteError    timeout, connection refused, 429, 5xx: try again later
     └── PermanentWriteError    any other 4xx: retrying cannot help; carries InfluxDB's message
 
-Retries use exponential backoff with full jitter (``backoff_delay``) within a time budget;
+A write's batches (``batch_size`` lines, gzip level 1) are posted through influxdb-client's
+``WriteService`` with up to ``max_in_flight`` requests in flight, each batch retried on its own
+with exponential backoff and full jitter (``backoff_delay``) within the write's time budget;
 a 429's ``Retry-After`` is honoured. The token comes from a file or an environment variable
 and is never logged or put into an error message.
 """
@@ -14,15 +16,19 @@ and is never logged or put into an error message.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import importlib.util
 import json
 import os
 import random
 import sys
 import time
+import types
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import structlog
 
@@ -116,31 +122,115 @@ class WriterSettings:
     base_delay: float = 0.5
     max_delay: float = 30.0
     gzip: bool = True
+    gzip_level: int = 1
+    """Level 1 compresses ~6× faster than gzip's default 9, for bodies ~10% larger."""
+    max_in_flight: int = 4
+    """Requests of one write sent concurrently: InfluxDB parses one batch while the next travels."""
 
     def __repr__(self) -> str:  # the token must never reach a log line
         return f"WriterSettings(url={self.url!r}, org={self.org!r}, bucket={self.bucket!r}, token=***)"
 
 
-def _import_client() -> tuple[Any, Any]:
-    """influxdb-client's classes, imported on the first write (~1 s and ~35 MB: not at start).
+_LIGHT_PACKAGES: Final = (
+    "influxdb_client",
+    "influxdb_client.client",
+    "influxdb_client.service",
+    "influxdb_client._sync",
+)
 
-    The client imports numpy whenever it is installed, for DataFrame writes the agent never
-    makes; blocking it for the duration of the import saves ~20 MB of RSS where numpy exists.
+
+def _import_write_path() -> tuple[Any, Any, Any, str]:
+    """influxdb-client's ``WriteService``, ``Configuration``, synchronous ``RESTClientObject``, version.
+
+    The package's ``__init__`` (and those of ``client`` and ``service``) import every generated
+    service and domain model: ~15 MB of RSS for a process that only ever posts line protocol.
+    The three modules the write path needs import none of that, so they are loaded under
+    placeholder parent packages that are removed again afterwards; a later ``import
+    influxdb_client`` still runs the real ``__init__`` and reuses these very modules (and so
+    the same ``ApiException`` class). When the package is already imported, it is simply used.
     """
-    blocked = "numpy" not in sys.modules
-    if blocked:
-        sys.modules["numpy"] = None  # type: ignore[assignment]
+    placed: list[str] = []
+    if "influxdb_client" not in sys.modules:
+        spec = importlib.util.find_spec("influxdb_client")
+        if spec is None or not spec.submodule_search_locations:
+            raise ImportError("influxdb-client is not installed")
+        root = next(iter(spec.submodule_search_locations))
+        for name in _LIGHT_PACKAGES:
+            if name in sys.modules:
+                continue
+            package = types.ModuleType(name)
+            package.__path__ = [os.path.join(root, *name.split(".")[1:])]
+            package.__package__ = name
+            sys.modules[name] = package
+            placed.append(name)
     try:
-        from influxdb_client.client.influxdb_client import InfluxDBClient  # noqa: PLC0415
-        from influxdb_client.client.write_api import SYNCHRONOUS  # noqa: PLC0415
+        from influxdb_client._sync.rest import RESTClientObject  # noqa: PLC0415
+        from influxdb_client.configuration import Configuration  # noqa: PLC0415
+        from influxdb_client.service.write_service import WriteService  # noqa: PLC0415
+        from influxdb_client.version import VERSION  # noqa: PLC0415
     finally:
-        if blocked:
-            del sys.modules["numpy"]
-    return InfluxDBClient, SYNCHRONOUS
+        for name in placed:
+            del sys.modules[name]
+    return WriteService, Configuration, RESTClientObject, VERSION
+
+
+class _WriteApiClient:
+    """The part of influxdb-client's ``ApiClient`` that ``WriteService.post_write`` calls.
+
+    ``ApiClient`` itself imports every domain model for response deserialisation, which a
+    write (204, no body) never needs. Requests go through influxdb-client's own REST client,
+    which raises its ``ApiException`` (status, InfluxDB's message, headers) on any non-2xx.
+    """
+
+    def __init__(self, configuration: Any, rest: Any, token: str, user_agent: str) -> None:
+        self.configuration = configuration
+        self.rest_client = rest
+        self._headers = {"Authorization": f"Token {token}", "User-Agent": user_agent}
+
+    @staticmethod
+    def select_header_accept(accepts: Sequence[str]) -> str:
+        return "application/json" if "application/json" in accepts else ", ".join(accepts)
+
+    @staticmethod
+    def select_header_content_type(content_types: Sequence[str]) -> str:
+        return content_types[0] if content_types else "application/json"
+
+    def call_api(  # noqa: PLR0917 - WriteService passes these positionally
+        self,
+        resource_path: str,
+        method: str,
+        path_params: Any = None,
+        query_params: Any = None,
+        header_params: dict[str, str] | None = None,
+        body: Any = None,
+        _request_timeout: Any = None,
+        **_: Any,
+    ) -> None:
+        headers = {**(header_params or {}), **self._headers}
+        self.rest_client.request(
+            method,
+            self.configuration.host + resource_path,
+            query_params=query_params,
+            headers=headers,
+            body=body,
+            _request_timeout=_request_timeout,
+        )
+
+
+def gzip_body(lines: Sequence[str], level: int) -> bytes:
+    """``lines`` joined by newlines, as one gzip member (level 1: ~6× faster than 9, ~10% larger)."""
+    compressor = zlib.compressobj(level, zlib.DEFLATED, 31)  # wbits 31: gzip framing
+    return compressor.compress("\n".join(lines).encode()) + compressor.flush()
 
 
 class InfluxWriter:
-    """Sends line batches; ``write`` retries retryable failures until ``budget`` seconds pass."""
+    """Sends line batches; ``write`` retries retryable failures until ``budget`` seconds pass.
+
+    A write's batches go out concurrently, at most ``max_in_flight`` requests at a time, each
+    retried on its own. ``write`` returns only when InfluxDB acknowledged every batch and raises
+    otherwise, so its caller keeps (buffers) all of ``lines``: batches already accepted are then
+    sent again later, which overwrites them with themselves (timestamps are window ends).
+    """
 
     def __init__(
         self,
@@ -154,41 +244,57 @@ class InfluxWriter:
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self._sleep = sleep
         self._clock = clock
-        self._client: Any = None
-        self._api: Any = None
+        self._service: Any = None
+        self._rest: Any = None
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
 
-    def _ensure_client(self) -> Any:
-        if self._api is None:
-            InfluxDBClient, SYNCHRONOUS = _import_client()
+    def _ensure_service(self) -> Any:
+        if self._service is None:
+            WriteService, Configuration, RESTClientObject, version = _import_write_path()
 
             s = self.settings
-            self._client = InfluxDBClient(
-                url=s.url, token=s.token or "", org=s.org, timeout=int(s.timeout * 1000), enable_gzip=s.gzip
-            )
-            self._api = self._client.write_api(write_options=SYNCHRONOUS)
-        return self._api
+            conf = Configuration()
+            conf.host = s.url.rstrip("/")
+            conf.timeout = int(s.timeout * 1000)
+            self._rest = RESTClientObject(conf, pools_size=1, maxsize=self._in_flight, retries=False)
+            api = _WriteApiClient(conf, self._rest, s.token or "", f"influxdb-client-python/{version}")
+            self._service = WriteService(api)
+        return self._service
 
-    def _post(self, body: str) -> None:
-        api = self._ensure_client()
+    @property
+    def _in_flight(self) -> int:
+        return max(1, self.settings.max_in_flight)
+
+    def _executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        # The client blocks; its own few threads keep the loop's default executor out of it.
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(self._in_flight, thread_name_prefix="influx")
+        return self._pool
+
+    def _post(self, lines: Sequence[str]) -> None:
+        service = self._ensure_service()
+        s = self.settings
         try:
-            api.write(bucket=self.settings.bucket, org=self.settings.org, record=body, write_precision=PRECISION)
+            if s.gzip:
+                service.post_write(
+                    org=s.org,
+                    bucket=s.bucket,
+                    body=gzip_body(lines, s.gzip_level),
+                    precision=PRECISION,
+                    content_encoding="gzip",
+                )
+            else:
+                service.post_write(org=s.org, bucket=s.bucket, body="\n".join(lines).encode(), precision=PRECISION)
         except Exception as exc:  # mapped to our error tree right here
             raise classify(exc) from exc
 
-    async def write_once(self, lines: Sequence[str]) -> None:
-        """Every batch of ``lines``, one attempt each (in a thread: the client blocks)."""
-        size = self.settings.batch_size
-        for start in range(0, len(lines), size):
-            body = "\n".join(lines[start : start + size])
-            await asyncio.to_thread(self._post, body)
-
-    async def write(self, lines: Sequence[str], *, budget: float) -> None:
-        """Write with retries; raises the last ``RetryableWriteError`` once ``budget`` is spent."""
-        deadline = self._clock() + budget
+    async def _write_batch(self, lines: Sequence[str], deadline: float) -> None:
+        """One batch, retried with backoff until it is acknowledged or ``deadline`` would pass."""
+        loop = asyncio.get_running_loop()
         attempt = 0
         while True:
             try:
-                await self.write_once(lines)
+                await loop.run_in_executor(self._executor(), self._post, lines)
                 return
             except RetryableWriteError as exc:
                 delay = backoff_delay(
@@ -202,6 +308,34 @@ class InfluxWriter:
                 await self._sleep(delay)
                 attempt += 1
 
+    async def write(self, lines: Sequence[str], *, budget: float) -> None:
+        """Write with retries; raises the first failure (the last ``RetryableWriteError`` of a
+        batch once ``budget`` is spent, or a ``PermanentWriteError``) after the other batches stop."""
+        deadline = self._clock() + budget
+        size = max(1, self.settings.batch_size)
+        batches = [lines[start : start + size] for start in range(0, len(lines), size)]
+        if len(batches) <= 1:
+            for batch in batches:
+                await self._write_batch(batch, deadline)
+            return
+        slots = asyncio.Semaphore(self._in_flight)
+
+        async def one(batch: Sequence[str]) -> None:
+            async with slots:
+                await self._write_batch(batch, deadline)
+
+        tasks = [asyncio.ensure_future(one(batch)) for batch in batches]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            # A request already in a thread finishes there; its batch is kept by the caller anyway.
+            await asyncio.gather(*tasks, return_exceptions=True)
+
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
+        if self._rest is not None:
+            self._rest.pool_manager.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None  # a write still in progress (a config reload) gets a fresh pool

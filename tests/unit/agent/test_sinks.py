@@ -6,7 +6,11 @@ import random
 import subprocess
 import sys
 import textwrap
+import threading
+import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import assume, given, settings
@@ -18,8 +22,10 @@ from observatory_agent.contract import AggregatedMetric
 from observatory_agent.sinks import lineproto
 from observatory_agent.sinks.buffer import DurableBuffer
 from observatory_agent.sinks.influx import (
+    InfluxWriter,
     PermanentWriteError,
     RetryableWriteError,
+    WriterSettings,
     backoff_delay,
     classify,
     influx_message,
@@ -295,3 +301,120 @@ def test_backoff_grows_exponentially_with_full_jitter_and_a_cap() -> None:
         delays = [backoff_delay(attempt, base=0.5, cap=30.0, rng=rng) for _ in range(200)]
         assert all(0.0 <= d <= bound for d in delays)
         assert max(delays) > bound * 0.8  # jitter spreads over the whole range
+
+
+# --- the writer ----------------------------------------------------------------------------
+
+
+class _FakeInflux:
+    """Stands in for ``InfluxWriter._post``: records bodies, fails on cue, counts concurrency."""
+
+    def __init__(self, failures: dict[str, list[Exception]] | None = None, delay: float = 0.02) -> None:
+        self.failures = failures or {}
+        self.delay = delay
+        self.accepted: list[tuple[str, ...]] = []
+        self.attempts = 0
+        self.active = 0
+        self.peak = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, lines: Sequence[str]) -> None:
+        with self._lock:
+            self.attempts += 1
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+        try:
+            time.sleep(self.delay)
+            queue = self.failures.get(lines[0])
+            if queue:
+                raise queue.pop(0)
+            with self._lock:
+                self.accepted.append(tuple(lines))
+        finally:
+            with self._lock:
+                self.active -= 1
+
+
+def _writer(fake: _FakeInflux, **settings: Any) -> InfluxWriter:
+    async def no_sleep(_: float) -> None:
+        return None
+
+    writer = InfluxWriter(
+        WriterSettings(url="http://127.0.0.1:1", org="o", bucket="b", token="t", **settings),
+        rng=random.Random(1),
+        sleep=no_sleep,
+    )
+    writer._post = fake  # type: ignore[method-assign]
+    return writer
+
+
+async def test_a_writes_batches_go_out_concurrently_but_bounded() -> None:
+    fake = _FakeInflux()
+    writer = _writer(fake, batch_size=10, max_in_flight=3)
+    lines = [f"m v={i} {i}" for i in range(95)]
+    await writer.write(lines, budget=10)
+    writer.close()
+    assert fake.peak == 3
+    assert sorted(line for batch in fake.accepted for line in batch) == sorted(lines)
+    assert len(fake.accepted) == 10
+
+
+async def test_a_failing_batch_is_retried_alone_and_the_write_succeeds() -> None:
+    fake = _FakeInflux({"m v=20 20": [RetryableWriteError("HTTP 503: busy"), RetryableWriteError("timeout")]})
+    writer = _writer(fake, batch_size=10, max_in_flight=4)
+    await writer.write([f"m v={i} {i}" for i in range(40)], budget=10)
+    writer.close()
+    assert fake.attempts == 4 + 2  # only the failing batch went again
+    assert len(fake.accepted) == 4
+
+
+async def test_a_refused_batch_fails_the_whole_write_without_retrying() -> None:
+    fake = _FakeInflux({"m v=10 10": [PermanentWriteError(400, "field type conflict")]})
+    writer = _writer(fake, batch_size=10, max_in_flight=2)
+    with pytest.raises(PermanentWriteError, match="field type conflict"):
+        await writer.write([f"m v={i} {i}" for i in range(40)], budget=10)
+    writer.close()
+    assert fake.attempts <= 4
+
+
+async def test_a_batch_still_failing_when_the_budget_ends_fails_the_write() -> None:
+    fake = _FakeInflux({"m v=0 0": [RetryableWriteError("HTTP 503: busy")] * 100}, delay=0.0)
+    writer = _writer(fake, batch_size=10, max_in_flight=2, base_delay=0.4, max_delay=0.4)
+    clock = [0.0]
+
+    async def advance(seconds: float) -> None:
+        clock[0] += seconds
+
+    writer._sleep = advance
+    writer._clock = lambda: clock[0]
+    with pytest.raises(RetryableWriteError, match="busy"):
+        await writer.write([f"m v={i} {i}" for i in range(20)], budget=2.0)
+    writer.close()
+    assert clock[0] <= 2.0
+
+
+def test_the_writer_loads_only_influxdb_clients_write_path(tmp_path: Path) -> None:
+    """No generated domain models (~15 MB): and a later full import still works, sharing classes."""
+    script = textwrap.dedent(
+        """
+        import sys
+        from observatory_agent.sinks.influx import InfluxWriter, WriterSettings, classify, PermanentWriteError
+        w = InfluxWriter(WriterSettings(url="http://127.0.0.1:1", org="o", bucket="b", token="t"))
+        service = w._ensure_service()
+        assert type(service).__name__ == "WriteService", service
+        assert "influxdb_client.domain" not in sys.modules, "domain models were imported"
+        assert "influxdb_client.client.write_api" not in sys.modules
+        assert "influxdb_client" not in sys.modules
+        import influxdb_client
+        from influxdb_client.rest import ApiException
+        from influxdb_client.client.write_api import SYNCHRONOUS
+        assert influxdb_client.WriteService is type(service)
+        exc = ApiException(status=400, reason="x")
+        exc.body = b'{"message": "bad"}'
+        assert isinstance(classify(exc), PermanentWriteError)
+        print("ok")
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
