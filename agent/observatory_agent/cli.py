@@ -62,11 +62,35 @@ def main(argv: Sequence[str] | None = None) -> None:
 # --- run ----------------------------------------------------------------------------------
 
 
+M_ARENA_MAX = -8
+"""glibc's ``mallopt`` parameter number for the arena limit (``<malloc.h>``)."""
+
+
+def limit_malloc_arenas(environ: dict[str, str] | os._Environ[str] = os.environ) -> bool:
+    """One malloc arena for the whole process, unless ``MALLOC_ARENA_MAX`` says otherwise.
+
+    glibc gives each thread that allocates concurrently its own arena (up to 8 per core), and
+    each keeps a few MB of freed memory resident: the collector and writer threads cost ~7 MB
+    of steady RSS that way. The GIL serialises this process's allocations anyway, so one arena
+    loses nothing. Must run before any thread starts; a no-op off glibc. Returns whether applied.
+    """
+    if "MALLOC_ARENA_MAX" in environ or not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes  # noqa: PLC0415 - 0.2 MB, only for the long-running command
+
+        libc = ctypes.CDLL(None)
+        return bool(libc.mallopt(M_ARENA_MAX, 1))
+    except (OSError, AttributeError):  # musl and friends have no mallopt
+        return False
+
+
 def _run(args: argparse.Namespace) -> int:
     import asyncio  # noqa: PLC0415
 
     from observatory_agent import logs  # noqa: PLC0415
 
+    limit_malloc_arenas()
     logs.configure()
     try:
         asyncio.run(_serve(args))
