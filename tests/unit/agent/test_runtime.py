@@ -173,3 +173,12 @@ async def test_disabled_agent_is_ready_and_collects_nothing(tmp_path: Path) -> N
     stop.set()
     await asyncio.wait_for(task, timeout=10)
     assert DurableBuffer(tmp_path / "buffer", 1 << 26).peek() is None
+
+
+def test_malloc_arena_limit_leaves_an_explicit_setting_alone() -> None:
+    from observatory_agent.cli import limit_malloc_arenas
+
+    assert limit_malloc_arenas({"MALLOC_ARENA_MAX": "4"}) is False
+    script = "from observatory_agent.cli import limit_malloc_arenas as f; print(f({}))"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=30)
+    assert result.stdout.strip() == ("True" if sys.platform.startswith("linux") else "False")
