@@ -415,6 +415,16 @@ def test_cold_start_idle_resync_and_rss(
             target="0 writes",
             met=writes == 0,
         )
+        # Each collector's first transitions are announced once, not once per racing round.
+        log_text = op.process.log.read_text()
+        events = {r: log_text.count(f"event Normal Applied: {r}") for r in ("Reconciled=True",)}
+        events["AllAgentsReady"] = log_text.count(": Ready=True")
+        report.add(
+            f"operator: transition Events during the {COLD_N}-collector cold start",
+            ours=", ".join(f"{k} {v}" for k, v in events.items()),
+            target=f"{COLD_N} each (no duplicates)",
+            met=all(v == COLD_N for v in events.values()),
+        )
         report.add(
             f"operator: RSS with {COLD_N} collectors reconciled",
             ours=(

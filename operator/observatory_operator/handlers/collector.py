@@ -93,7 +93,7 @@ async def reconcile_collector(runtime: Runtime, body: Mapping[str, Any], *, spec
         state.rounds += 1
         collector, invalid = _parse(body)
         if collector is None:
-            await _write_invalid(runtime, body, invalid or status.Outcome(ok=False, reason="InvalidSpec"))
+            await _write_invalid(runtime, body, state, invalid or status.Outcome(ok=False, reason="InvalidSpec"))
             return
         owner = Owner(name=key[1], namespace=key[0], uid=str(body["metadata"]["uid"]))
         was_ok = state.outcome is not None and state.outcome.ok
@@ -118,7 +118,7 @@ async def reconcile_collector(runtime: Runtime, body: Mapping[str, Any], *, spec
             # Outside a spec change, a change to children that were fine means someone edited them.
             restored = not spec_changed and was_ok
             await _report_changes(runtime, body, rnd.applied, restored=restored)
-        await _observe_and_write(runtime, rnd)
+        await _observe_and_write(runtime, rnd, state)
 
 
 async def _report_shared_config(
@@ -144,7 +144,12 @@ async def _report_changes(
         await events.post(runtime.kube, body, "Normal", "Pruned", message)
 
 
-async def _observe_and_write(runtime: Runtime, rnd: _Round) -> None:
+def _last_status(state: CollectorState, body: Mapping[str, Any]) -> dict[str, Any]:
+    """What the status is now: our last write's answer, else (first round since start) the body's."""
+    return dict(state.status if state.status is not None else body.get("status") or {})
+
+
+async def _observe_and_write(runtime: Runtime, rnd: _Round, state: CollectorState) -> None:
     """Read what is running, compute status, write only what changed, post Events on transitions."""
     kube, spec, owner, body, shared = runtime.kube, rnd.collector.spec, rnd.owner, rnd.body, rnd.shared
     ds = reconcile.live_daemonset(rnd.applied)
@@ -159,7 +164,7 @@ async def _observe_and_write(runtime: Runtime, rnd: _Round) -> None:
         kube.anodes(),
         probe.agent_reports(pods, timeout_seconds=runtime.settings.reconcile.probe_timeout_seconds),
     )
-    previous = dict(body.get("status") or {})
+    previous = _last_status(state, body)
     observed = status.Observed(
         generation=int(body["metadata"].get("generation", 0)),
         spec=spec,
@@ -173,36 +178,39 @@ async def _observe_and_write(runtime: Runtime, rnd: _Round) -> None:
         previous_conditions=list(previous.get("conditions") or []),
     )
     computed = status.compute(observed, datetime.now(UTC))
-    await _patch_status(runtime, body, computed.status)
+    await _patch_status(runtime, body, state, computed.status)
     for t in computed.transitions:
         kind = "Warning" if t.warning else "Normal"
         await events.post(runtime.kube, body, kind, t.reason or t.type, f"{t.type}={t.status}: {t.message}")
 
 
-async def _write_invalid(runtime: Runtime, body: Mapping[str, Any], outcome: status.Outcome) -> None:
+async def _write_invalid(
+    runtime: Runtime, body: Mapping[str, Any], state: CollectorState, outcome: status.Outcome
+) -> None:
     """Status for a resource whose spec could not even be parsed: Failed, with the reason."""
-    previous = dict(body.get("status") or {})
+    previous = _last_status(state, body)
+    condition = {"type": status.RECONCILED, "status": "False", "reason": outcome.reason, "message": outcome.message}
+    held = [
+        c for c in previous.get("conditions") or [] if c.get("type") == status.RECONCILED and c.get("status") == "False"
+    ]
+    # The condition keeps its transition time while it holds: a resync of an invalid spec writes nothing.
+    since = held[0].get("lastTransitionTime") if held else None
+    condition["lastTransitionTime"] = since or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     new = {
         "observedGeneration": int(body["metadata"].get("generation", 0)),
         "phase": "Failed",
-        "conditions": [
-            {
-                "type": status.RECONCILED,
-                "status": "False",
-                "reason": outcome.reason,
-                "message": outcome.message,
-                "lastTransitionTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            }
-        ],
+        "conditions": [condition],
     }
     if previous.get("phase") != "Failed":
         await events.post(runtime.kube, body, "Warning", outcome.reason, outcome.message)
-    await _patch_status(runtime, body, new)
+    await _patch_status(runtime, body, state, new)
 
 
-async def _patch_status(runtime: Runtime, body: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+async def _patch_status(
+    runtime: Runtime, body: Mapping[str, Any], state: CollectorState, new: Mapping[str, Any]
+) -> None:
     """Send only the top-level status fields that differ: an unchanged status costs no write at all."""
-    current = dict(body.get("status") or {})
+    current = _last_status(state, body)
     patch = {k: v for k, v in new.items() if current.get(k) != v}
     if not patch:
         return
@@ -211,6 +219,7 @@ async def _patch_status(runtime: Runtime, body: Mapping[str, Any], new: Mapping[
         written = await runtime.kube.apatch_status(API_VERSION, KIND, meta["namespace"], meta["name"], patch)
     except errors.NotFound:
         return  # deleted while we worked: nothing to report on
+    state.status = dict(written.get("status") or {})
     key = _key(body)
     if key in runtime.bodies:
         # The answer is the newest object: the next round compares against it, not against a body

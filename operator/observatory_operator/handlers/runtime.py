@@ -28,6 +28,10 @@ class CollectorState:
     rounds: int = 0
     shared_config_problem: str | None = None
     """The last reported shared-config problem: a Warning Event goes out only when it changes."""
+    status: dict[str, Any] | None = None
+    """The status as the API server answered our last write. Rounds compare against this rather
+    than against a body, which may predate that write (a resync or poke that took its body before
+    waiting for the lock, or a late watch event) and would make them repeat the write and its Events."""
 
     def failed(self, initial: float, maximum: float) -> float:
         """Record a failure; returns the backoff delay in seconds (doubling, capped)."""
