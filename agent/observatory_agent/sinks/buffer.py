@@ -188,7 +188,13 @@ class DurableBuffer:
         """The oldest unsent batch, or None when empty."""
         if not self._pending:
             return None
-        entry = self._pending[0]
+        return self._read(self._pending[0])
+
+    def peek_many(self, n: int) -> list[Record]:
+        """The ``n`` oldest unsent batches, oldest first (fewer when fewer are pending)."""
+        return [self._read(self._pending[i]) for i in range(min(n, len(self._pending)))]
+
+    def _read(self, entry: _Entry) -> Record:
         with open(self._path(entry.segment), "rb") as fh:
             fh.seek(entry.offset)
             raw = fh.read(entry.size)

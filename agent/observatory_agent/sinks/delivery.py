@@ -2,6 +2,10 @@
 
 Policy:
 - While the buffer holds anything, new batches queue behind it so InfluxDB sees windows in order.
+- Replay sends the oldest batch alone (a probe: during an outage that is one failed request,
+  not several), then up to ``REPLAY_IN_FLIGHT`` batches at once. Batches are acknowledged to
+  the buffer strictly oldest first: when one fails, it and every younger batch stay buffered,
+  even those InfluxDB accepted meanwhile (resending them later rewrites the same points).
 - A retryable failure (network, 429, 5xx) that outlives the retry budget → the batch is buffered.
 - 401/403/404 (token, org or bucket wrong) are not retried now but the batch is buffered: it
   replays once the configuration is fixed. Other 4xx mean the data itself was refused:
@@ -10,6 +14,7 @@ Policy:
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +27,8 @@ from observatory_agent.sinks.influx import InfluxWriter, PermanentWriteError, Re
 log = structlog.get_logger("observatory_agent.sinks.delivery")
 
 CONFIG_STATUSES = frozenset({401, 403, 404})
+REPLAY_IN_FLIGHT = 4
+"""Buffered batches replayed concurrently once the oldest one went through."""
 
 
 @dataclass
@@ -93,11 +100,15 @@ class Delivery:
     async def drain(self, *, budget: float) -> None:
         """Replay buffered batches oldest first until empty, a failure, or ``budget`` is spent."""
         deadline = time.monotonic() + budget
-        while (record := self.buffer.peek()) is not None:
+        width = 1  # the head alone first; concurrent only once InfluxDB is known to answer
+        while records := self.buffer.peek_many(width):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
-            outcome = await self._send(record.lines, min(remaining, 1.0))
-            if outcome in {"retry", "config"}:
-                return
-            self.buffer.ack(record)
+            attempt = min(remaining, 1.0)
+            outcomes = await asyncio.gather(*(self._send(r.lines, attempt) for r in records))
+            for record, outcome in zip(records, outcomes, strict=True):
+                if outcome in {"retry", "config"}:
+                    return
+                self.buffer.ack(record)  # oldest first; a no-op for one dropped meanwhile
+            width = REPLAY_IN_FLIGHT

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from influxdb_client.rest import ApiException
 from observatory_agent.contract import AggregatedMetric
 from observatory_agent.sinks import lineproto
 from observatory_agent.sinks.buffer import DurableBuffer
+from observatory_agent.sinks.delivery import REPLAY_IN_FLIGHT, Delivery
 from observatory_agent.sinks.influx import (
     InfluxWriter,
     PermanentWriteError,
@@ -418,3 +420,52 @@ def test_the_writer_loads_only_influxdb_clients_write_path(tmp_path: Path) -> No
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+class _FakeWriter:
+    """Accepts or refuses whole writes by their first line; tracks concurrency."""
+
+    def __init__(self, fail: set[str] | None = None) -> None:
+        self.fail = fail or set()
+        self.sent: list[str] = []
+        self.active = 0
+        self.peak = 0
+
+    async def write(self, lines: Sequence[str], *, budget: float) -> None:
+        self.active += 1
+        self.peak = max(self.peak, self.active)
+        try:
+            await asyncio.sleep(0.01)
+            self.sent.append(lines[0])
+            if lines[0] in self.fail:
+                raise RetryableWriteError("HTTP 503: busy")
+        finally:
+            self.active -= 1
+
+
+async def test_replay_probes_the_oldest_then_goes_concurrent_and_acks_in_order(tmp_path: Path) -> None:
+    buffer = DurableBuffer(tmp_path, 1 << 20)
+    for i in range(10):
+        buffer.append([f"m v={i} {i}"])
+    writer = _FakeWriter(fail={"m v=6 6"})
+    delivery = Delivery(writer, buffer)  # type: ignore[arg-type]
+    await delivery.drain(budget=10)
+    assert writer.sent[0] == "m v=0 0"  # alone, before anything else
+    assert writer.peak == REPLAY_IN_FLIGHT
+    remaining = [r.lines[0] for r in buffer.peek_many(100)]
+    # 6 failed: it and everything younger stay, in order, even 7..8 that went through
+    assert remaining == [f"m v={i} {i}" for i in range(6, 10)]
+    assert delivery.stats.errors == {"retryable": 1}
+    writer.fail.clear()
+    await delivery.drain(budget=10)
+    assert len(buffer) == 0
+
+
+async def test_replay_during_an_outage_is_one_request(tmp_path: Path) -> None:
+    buffer = DurableBuffer(tmp_path, 1 << 20)
+    for i in range(5):
+        buffer.append([f"m v={i} {i}"])
+    writer = _FakeWriter(fail={"m v=0 0"})
+    await Delivery(writer, buffer).drain(budget=10)  # type: ignore[arg-type]
+    assert writer.sent == ["m v=0 0"]
+    assert len(buffer) == 5
