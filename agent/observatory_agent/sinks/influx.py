@@ -22,6 +22,7 @@ import json
 import os
 import random
 import sys
+import threading
 import time
 import types
 import zlib
@@ -139,6 +140,9 @@ _LIGHT_PACKAGES: Final = (
 )
 
 
+_IMPORT_LOCK = threading.Lock()
+
+
 def _import_write_path() -> tuple[Any, Any, Any, str]:
     """influxdb-client's ``WriteService``, ``Configuration``, synchronous ``RESTClientObject``, version.
 
@@ -249,6 +253,10 @@ class InfluxWriter:
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     def _ensure_service(self) -> Any:
+        with _IMPORT_LOCK:  # the first write's batches arrive in several threads at once
+            return self._ensure_service_locked()
+
+    def _ensure_service_locked(self) -> Any:
         if self._service is None:
             WriteService, Configuration, RESTClientObject, version = _import_write_path()
 

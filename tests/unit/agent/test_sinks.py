@@ -469,3 +469,26 @@ async def test_replay_during_an_outage_is_one_request(tmp_path: Path) -> None:
     await Delivery(writer, buffer).drain(budget=10)  # type: ignore[arg-type]
     assert writer.sent == ["m v=0 0"]
     assert len(buffer) == 5
+
+
+def test_a_first_write_of_many_batches_loads_the_client_once_and_fails_retryably() -> None:
+    """Several threads reach the lazy import together; a refused connection is retryable."""
+    script = textwrap.dedent(
+        """
+        import asyncio, socket, sys
+        from observatory_agent.sinks.influx import InfluxWriter, RetryableWriteError, WriterSettings
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]  # closed again: nothing listens there
+        w = InfluxWriter(WriterSettings(url=f"http://127.0.0.1:{port}", org="o", bucket="b", token="t",
+                                        batch_size=10, max_in_flight=4))
+        try:
+            asyncio.run(w.write([f"m v={i} {i}" for i in range(100)], budget=0.0))
+        except RetryableWriteError as exc:
+            print("retryable", "Connection" in str(exc) or "connect" in str(exc).lower())
+        assert "influxdb_client.domain" not in sys.modules
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "retryable True"
