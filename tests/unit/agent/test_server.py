@@ -1,4 +1,4 @@
-"""The agent's small HTTP server: routes, methods, keep-alive, and requests it refuses."""
+"""The agent's HTTP endpoints: routes, methods, keep-alive, and requests they refuse."""
 
 from __future__ import annotations
 
@@ -84,13 +84,31 @@ async def test_malformed_or_oversized_requests_are_refused_and_closed(
 ) -> None:
     srv, _ = running
     garbage = await asyncio.to_thread(_raw, srv.port, b"HELLO\r\n\r\n")
-    assert garbage.startswith(b"HTTP/1.1 400 ")
+    assert b"400 - Bad request syntax" in garbage  # answered HTTP/0.9-style, as the request was
+    too_long = await asyncio.to_thread(_raw, srv.port, b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n")
+    assert too_long.startswith(b"HTTP/1.1 414 ")
     huge = await asyncio.to_thread(
-        _raw, srv.port, b"GET /healthz HTTP/1.1\r\n" + b"X-Pad: " + b"a" * 20000 + b"\r\n\r\n"
+        _raw, srv.port, b"GET /healthz HTTP/1.1\r\n" + b"X-Pad: " + b"a" * 70000 + b"\r\n\r\n"
     )
     assert huge.startswith(b"HTTP/1.1 431 ")
     closing = await asyncio.to_thread(_raw, srv.port, b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")
     assert closing.startswith(b"HTTP/1.1 200 ")
     assert closing.endswith(b"ok\n")
+    # HTTP/1.0 without keep-alive: answered, then closed (_raw reads until the server closes).
     http10 = await asyncio.to_thread(_raw, srv.port, b"GET /healthz HTTP/1.0\r\n\r\n")
-    assert b"Connection: close" in http10
+    assert http10.endswith(b"ok\n")
+
+
+async def test_a_handler_that_raises_is_a_500_and_the_server_goes_on() -> None:
+    def broken() -> dict[str, bool]:
+        raise RuntimeError("bug")
+
+    app = server.make_app(Telemetry("test", "n1"), broken, lambda: True)
+    srv = await server.start(app, "127.0.0.1", 0)
+    try:
+        (failed, _, _), (health, _, _) = await asyncio.to_thread(
+            _requests, srv.port, ("GET", "/status"), ("GET", "/healthz")
+        )
+    finally:
+        await srv.cleanup()
+    assert (failed, health) == (500, 200)
