@@ -3,7 +3,7 @@
 Both sides start from the same ``AggregatedMetric`` objects (what a window close yields:
 2,000 series × 50 windows, eleven fields each) and count from encoding to the last batch
 acknowledged. Ours: ``lineproto.encode_many`` then ``InfluxWriter.write`` (5,000 lines per
-gzip'd request, one request at a time). Peer: the idiomatic influxdb-client path the old
+gzip level 1, up to four requests in flight). Peer: the idiomatic influxdb-client path the old
 service used — a ``Point`` per metric, written through a SYNCHRONOUS ``write_api`` in the same
 batch size, also gzip'd. Each side writes its own series (a ``side`` tag) so neither
 overwrites the other's points; both clients are warmed up (imported, connected) first.
