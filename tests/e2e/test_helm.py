@@ -126,10 +126,13 @@ def deployment_available(control_plane: ControlPlane, namespace: str, name: str)
     return any(c["type"] == "Available" and c["status"] == "True" for c in conditions)
 
 
-def collector_manifest(nodes: Nodes, influxdb: InfluxDB, directory: Path) -> Path:
+def collector_manifest(nodes: Nodes, influxdb: InfluxDB, directory: Path, run: str) -> Path:
     """``examples/collector.yaml``, adjusted only where the bed differs from a real cluster."""
     doc: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
     spec = doc["spec"]
+    # The bed's nodes and bucket are shared by the session: other tests' agents (still stopping
+    # in namespaces being deleted) write as node-1..3 too. A tag of this run tells ours apart.
+    spec["tags"] = {**(spec.get("tags") or {}), "e2e_run": run}
     spec["interval"], spec["window"] = INTERVAL, WINDOW
     spec["influxdb"]["bucket"] = influxdb.bucket
     # The bed's gpu node is tainted; tolerating it puts an agent on every node.
@@ -139,12 +142,12 @@ def collector_manifest(nodes: Nodes, influxdb: InfluxDB, directory: Path) -> Pat
     return path
 
 
-def nodes_with_points(influxdb: InfluxDB, since: dt.datetime) -> dict[str, set[str]]:
-    """Node → cluster tags of its ``system.cpu.usage`` points since ``since`` (not an earlier test's)."""
+def nodes_with_points(influxdb: InfluxDB, since: dt.datetime, run: str) -> dict[str, set[str]]:
+    """Node → cluster tags of this run's ``system.cpu.usage`` points since ``since``."""
     flux = f"""
         from(bucket: "{influxdb.bucket}")
           |> range(start: {since.strftime("%Y-%m-%dT%H:%M:%SZ")})
-          |> filter(fn: (r) => r._measurement == "{MEASUREMENT}" and r._field == "mean")
+          |> filter(fn: (r) => r._measurement == "{MEASUREMENT}" and r._field == "mean" and r.e2e_run == "{run}")
           |> group(columns: ["node", "cluster"])
           |> count()
     """
@@ -246,7 +249,9 @@ def install_collect_uninstall(
             step(f"operator Available ({replicas} replica{'s' if replicas > 1 else ''})")
 
             applied = dt.datetime.now(dt.UTC).replace(microsecond=0)
-            kubectl(control_plane, "apply", "-n", namespace, "-f", str(collector_manifest(nodes, influxdb, work)))
+            kubectl(
+                control_plane, "apply", "-n", namespace, "-f", str(collector_manifest(nodes, influxdb, work, release))
+            )
             everyone = f"{len(nodes.names)}/{len(nodes.names)}"
 
             def user_view() -> dict[str, str] | None:
@@ -263,7 +268,7 @@ def install_collect_uninstall(
             step(f"READY {row['READY']} REPORTING {row['REPORTING']} LAST-WRITE {row['LAST-WRITE']}")
 
             def every_node() -> dict[str, set[str]] | None:
-                found = nodes_with_points(influxdb, applied)
+                found = nodes_with_points(influxdb, applied, release)
                 return found if set(found) >= set(nodes.names) else None
 
             found = wait_until(
