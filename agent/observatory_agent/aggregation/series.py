@@ -109,19 +109,9 @@ class SeriesState:
     def to_partial(self, name: str, tags: TagsKey) -> SeriesPartial:
         """The contract's wire form: every sample while exact, the sketch's bins past it."""
         count, total, lo, hi = self.stats()
-        if self.sketch is None:
-            return SeriesPartial(
-                name=name,
-                tags=dict(tags),
-                count=count,
-                sum=total,
-                min=lo,
-                max=hi,
-                last=self.last,
-                last_timestamp=self.last_ts,
-                values=list(self.values),
-            )
-        self.spill()
+        exact = self.sketch is None
+        if not exact:
+            self.spill()
         return SeriesPartial(
             name=name,
             tags=dict(tags),
@@ -131,7 +121,8 @@ class SeriesState:
             max=hi,
             last=self.last,
             last_timestamp=self.last_ts,
-            sketch=qmod.sketch_to_state(self.sketch),
+            values=list(self.values) if exact else None,
+            sketch=None if exact else qmod.sketch_to_state(self.sketch),
         )
 
     @classmethod

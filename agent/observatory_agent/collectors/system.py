@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final
 
 import psutil
@@ -189,17 +189,22 @@ def real_mounts(paths: HostPaths) -> list[tuple[str, str, str]]:
     return out
 
 
+def _mount_stats(paths: HostPaths) -> Iterator[tuple[dict[str, str], os.statvfs_result]]:
+    """(tags, statvfs) for every real mount still there; both filesystem readers share the walk."""
+    for device, mountpoint, fstype in real_mounts(paths):
+        try:
+            st = os.statvfs(paths.host_path(mountpoint))
+        except OSError:
+            continue  # unmounted between listing and stat, or not visible from here
+        yield {"device": device, "mountpoint": mountpoint, "fstype": fstype}, st
+
+
 def make_disk_usage_reader(paths: HostPaths) -> Callable[[], list[Sample]]:
     def read() -> list[Sample]:
         out: list[Sample] = []
-        for device, mountpoint, fstype in real_mounts(paths):
-            try:
-                st = os.statvfs(paths.host_path(mountpoint))
-            except OSError:
-                continue  # unmounted between listing and stat, or not visible from here
+        for tags, st in _mount_stats(paths):
             if st.f_blocks == 0:
                 continue
-            tags = {"device": device, "mountpoint": mountpoint, "fstype": fstype}
             total = st.f_blocks * st.f_frsize
             free = st.f_bfree * st.f_frsize
             avail = st.f_bavail * st.f_frsize
@@ -219,14 +224,9 @@ def make_disk_usage_reader(paths: HostPaths) -> Callable[[], list[Sample]]:
 def make_filesystem_reader(paths: HostPaths) -> Callable[[], list[Sample]]:
     def read() -> list[Sample]:
         out: list[Sample] = []
-        for device, mountpoint, fstype in real_mounts(paths):
-            try:
-                st = os.statvfs(paths.host_path(mountpoint))
-            except OSError:
-                continue
+        for tags, st in _mount_stats(paths):
             if st.f_files == 0:
                 continue  # filesystems without inode accounting (btrfs reports 0)
-            tags = {"device": device, "mountpoint": mountpoint, "fstype": fstype}
             used = st.f_files - st.f_ffree
             out += [
                 Sample("system.filesystem.inodes.total", float(st.f_files), GAUGE, tags),
