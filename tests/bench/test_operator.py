@@ -49,6 +49,7 @@ from tests.env.fixtures import Nodes
 from tests.env.kube import ApiError, Kube
 from tests.env.nodesim import REPO, VENV_BIN
 from tests.env.procs import Process, free_port, wait_for
+from tests.integration.operator.conftest import stand_in_collector
 
 LATENCY_N = int(os.environ.get("BENCH_OPERATOR_LATENCY_N", "40"))
 COLD_N = int(os.environ.get("BENCH_OPERATOR_COLD_N", "200"))
@@ -70,22 +71,11 @@ ZONES = ("zone-a", "zone-b")
 
 
 def _collector(name: str, index: int) -> dict[str, Any]:
-    return {
-        "apiVersion": "observatory.happypatterns.org/v1alpha1",
-        "kind": "ObservatoryCollector",
-        "metadata": {"name": name},
-        "spec": {
-            "image": STAND_IN_IMAGE,
-            "interval": "5s",
-            "window": "10s",
-            "collectors": [{"name": "cpu"}, {"name": "memory"}],
-            "sharedConfig": {"name": "observatory-shared-config", "optional": True},
-            "influxdb": {"tokenSecretRef": {"name": "influxdb-auth", "key": "token"}},
-            # One node each, alternating: a simulated node holds 110 pods (the kubelet's default
-            # maxPods), so 200 DaemonSets on every node would leave most pods unschedulable.
-            "nodeSelector": {"topology.kubernetes.io/zone": ZONES[index % len(ZONES)]},
-        },
-    }
+    # One node each, alternating: a simulated node holds 110 pods (the kubelet's default
+    # maxPods), so 200 DaemonSets on every node would leave most pods unschedulable.
+    return stand_in_collector(
+        name, image=STAND_IN_IMAGE, nodeSelector={"topology.kubernetes.io/zone": ZONES[index % len(ZONES)]}
+    )
 
 
 def _collectors(ns: str) -> str:

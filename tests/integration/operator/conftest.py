@@ -142,6 +142,24 @@ def rbac_operator(control_plane: ControlPlane, crds: list[str], namespace: str, 
 # --- helpers for the tests ----------------------------------------------------------------
 
 
+def stand_in_collector(name: str, image: str = STAND_IN_IMAGE, **spec: Any) -> dict[str, Any]:
+    """A small collector whose pods the simulator marks Ready without running them (no InfluxDB needed)."""
+    return {
+        "apiVersion": "observatory.happypatterns.org/v1alpha1",
+        "kind": "ObservatoryCollector",
+        "metadata": {"name": name},
+        "spec": {
+            "image": image,
+            "interval": "5s",
+            "window": "10s",
+            "collectors": [{"name": "cpu"}, {"name": "memory"}],
+            "sharedConfig": {"name": "observatory-shared-config", "optional": True},
+            "influxdb": {"tokenSecretRef": {"name": "influxdb-auth", "key": "token"}},
+            **spec,
+        },
+    }
+
+
 def collector_path(namespace: str, name: str | None = None) -> str:
     base = f"{GROUP_PATH}/namespaces/{namespace}/observatorycollectors"
     return f"{base}/{name}" if name else base

@@ -19,6 +19,7 @@ from tests.integration.operator.conftest import (
     condition,
     eventually,
     get_or_none,
+    stand_in_collector,
     status_of,
 )
 
@@ -31,20 +32,7 @@ SVC = f"/api/v1/namespaces/{{ns}}/services/{NAME}-agent-metrics"
 
 
 def _collector(**spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "observatory.happypatterns.org/v1alpha1",
-        "kind": "ObservatoryCollector",
-        "metadata": {"name": NAME},
-        "spec": {
-            "image": STAND_IN_IMAGE,
-            "interval": "5s",
-            "window": "10s",
-            "collectors": [{"name": "cpu"}, {"name": "memory"}],
-            "sharedConfig": {"name": "observatory-shared-config", "optional": True},
-            "influxdb": {"tokenSecretRef": {"name": "influxdb-auth", "key": "token"}},
-            **spec,
-        },
-    }
+    return stand_in_collector(NAME, **spec)
 
 
 def _secret(kube: Kube, ns: str) -> None:
