@@ -71,10 +71,11 @@ def components(versions: dict[str, str] | None = None) -> dict[str, Component]:
         "kubernetes": Component(
             "kubernetes",
             v["KUBERNETES_VERSION"],
-            ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"),
+            ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kubelet", "kube-proxy"),
         ),
         "etcd": Component("etcd", v["ETCD_VERSION"], ("etcd",)),
         "helm": Component("helm", v["HELM_VERSION"], ("helm",)),
+        "coredns": Component("coredns", v["COREDNS_VERSION"], ("coredns",)),
         "influxdb": Component("influxdb", v["INFLUXDB_VERSION"], ("influxd",)),
     }
 
@@ -262,13 +263,30 @@ def build_helm(comp: Component, work: Path, log: Path) -> None:
     out.mkdir(parents=True)
     env = _go_env({"CGO_ENABLED": "0", "GOBIN": str(out)})
     env.pop("GOFLAGS")
-    ldflags = f"-s -w -X helm.sh/helm/v3/internal/version.version={comp.version}"
+    major = comp.version.lstrip("v").split(".")[0]
+    module = "helm.sh/helm" if major == "2" else f"helm.sh/helm/v{major}"
+    ldflags = f"-s -w -X {module}/internal/version.version={comp.version}"
     _run(
-        ["go", "install", "-trimpath", "-ldflags", ldflags, f"helm.sh/helm/v3/cmd/helm@{comp.version}"],
+        ["go", "install", "-trimpath", "-ldflags", ldflags, f"{module}/cmd/helm@{comp.version}"],
         cwd=work,
         env=env,
         log=log,
         step="go install helm",
+    )
+    _install(work / "out", comp)
+
+
+def build_coredns(comp: Component, work: Path, log: Path) -> None:
+    out = work / "out" / "bin"
+    out.mkdir(parents=True)
+    env = _go_env({"CGO_ENABLED": "0", "GOBIN": str(out)})
+    env.pop("GOFLAGS")
+    _run(
+        ["go", "install", "-trimpath", "-ldflags", "-s -w", f"github.com/coredns/coredns@{comp.version}"],
+        cwd=work,
+        env=env,
+        log=log,
+        step="go install coredns",
     )
     _install(work / "out", comp)
 
@@ -335,6 +353,7 @@ BUILDERS = {
     "kubernetes": build_kubernetes,
     "etcd": build_etcd,
     "helm": build_helm,
+    "coredns": build_coredns,
     "influxdb": build_influxdb,
 }
 
