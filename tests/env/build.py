@@ -76,6 +76,7 @@ def components(versions: dict[str, str] | None = None) -> dict[str, Component]:
         "etcd": Component("etcd", v["ETCD_VERSION"], ("etcd",)),
         "helm": Component("helm", v["HELM_VERSION"], ("helm",)),
         "coredns": Component("coredns", v["COREDNS_VERSION"], ("coredns",)),
+        "cri-tools": Component("cri-tools", v["CRI_TOOLS_VERSION"], ("crictl",)),
         "influxdb": Component("influxdb", v["INFLUXDB_VERSION"], ("influxd",)),
     }
 
@@ -258,37 +259,35 @@ def build_etcd(comp: Component, work: Path, log: Path) -> None:
     _install(work / "out", comp)
 
 
-def build_helm(comp: Component, work: Path, log: Path) -> None:
+def _go_install(comp: Component, work: Path, log: Path, package: str, ldflags: str = "-s -w") -> None:
+    """``go install package@version`` for modules without local replace directives (no wrapper needed)."""
     out = work / "out" / "bin"
     out.mkdir(parents=True)
     env = _go_env({"CGO_ENABLED": "0", "GOBIN": str(out)})
     env.pop("GOFLAGS")
+    _run(
+        ["go", "install", "-trimpath", "-ldflags", ldflags, f"{package}@{comp.version}"],
+        cwd=work,
+        env=env,
+        log=log,
+        step=f"go install {package}@{comp.version}",
+    )
+    _install(work / "out", comp)
+
+
+def build_helm(comp: Component, work: Path, log: Path) -> None:
     major = comp.version.lstrip("v").split(".")[0]
     module = "helm.sh/helm" if major == "2" else f"helm.sh/helm/v{major}"
     ldflags = f"-s -w -X {module}/internal/version.version={comp.version}"
-    _run(
-        ["go", "install", "-trimpath", "-ldflags", ldflags, f"{module}/cmd/helm@{comp.version}"],
-        cwd=work,
-        env=env,
-        log=log,
-        step="go install helm",
-    )
-    _install(work / "out", comp)
+    _go_install(comp, work, log, f"{module}/cmd/helm", ldflags)
 
 
 def build_coredns(comp: Component, work: Path, log: Path) -> None:
-    out = work / "out" / "bin"
-    out.mkdir(parents=True)
-    env = _go_env({"CGO_ENABLED": "0", "GOBIN": str(out)})
-    env.pop("GOFLAGS")
-    _run(
-        ["go", "install", "-trimpath", "-ldflags", "-s -w", f"github.com/coredns/coredns@{comp.version}"],
-        cwd=work,
-        env=env,
-        log=log,
-        step="go install coredns",
-    )
-    _install(work / "out", comp)
+    _go_install(comp, work, log, "github.com/coredns/coredns")
+
+
+def build_crictl(comp: Component, work: Path, log: Path) -> None:
+    _go_install(comp, work, log, "sigs.k8s.io/cri-tools/cmd/crictl")
 
 
 def build_influxdb(comp: Component, work: Path, log: Path) -> None:
@@ -354,6 +353,7 @@ BUILDERS = {
     "etcd": build_etcd,
     "helm": build_helm,
     "coredns": build_coredns,
+    "cri-tools": build_crictl,
     "influxdb": build_influxdb,
 }
 

@@ -40,8 +40,8 @@ def _openssl(*args: str, cwd: Path) -> None:
         raise RuntimeError(f"openssl {' '.join(args)} failed: {proc.stderr.strip()}")
 
 
-def make_pki(pki: Path) -> None:
-    """CA, API server serving cert (loopback + in-cluster names) and the service-account key pair."""
+def make_pki(pki: Path, extra_ips: tuple[str, ...] = ()) -> None:
+    """CA, API server serving cert (loopback + in-cluster names + ``extra_ips``) and the service-account key pair."""
     pki.mkdir(parents=True, exist_ok=True)
     # EC keys: generation is instant, which matters for a bed that starts on every test run.
     _openssl(
@@ -51,26 +51,61 @@ def make_pki(pki: Path) -> None:
         "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
         cwd=pki,
     )  # fmt: skip
-    (pki / "apiserver.ext").write_text(
-        "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
-        "DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\n"
-        "extendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
-    )
-    _openssl(
-        "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-keyout", "apiserver.key", "-out", "apiserver.csr", "-subj", "/CN=kube-apiserver",
-        cwd=pki,
-    )  # fmt: skip
-    _openssl(
-        "x509", "-req", "-in", "apiserver.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-        "-days", "30", "-extfile", "apiserver.ext", "-out", "apiserver.crt",
-        cwd=pki,
-    )  # fmt: skip
+    names = ["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"]
+    names.append("kubernetes.default.svc.cluster.local")
+    issue_cert(pki, "apiserver", "kube-apiserver", ips=("127.0.0.1", "10.96.0.1", *extra_ips), dns=tuple(names))
     _openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-out", "sa.key", cwd=pki)
     _openssl("pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
 
 
-def write_kubeconfig(path: Path, server: str, ca: Path, token: str, user: str = "admin") -> None:
+def issue_cert(
+    pki: Path,
+    name: str,
+    common_name: str,
+    *,
+    orgs: tuple[str, ...] = (),
+    ips: tuple[str, ...] = (),
+    dns: tuple[str, ...] = (),
+) -> tuple[Path, Path]:
+    """A key and a certificate signed by the bed's CA: serving when it names addresses, else a client's.
+
+    Client certificates are how Kubernetes components authenticate: the common name is the user
+    (``system:node:node-1``), the organisations its groups (``system:nodes``).
+    """
+    subject = f"/CN={common_name}" + "".join(f"/O={o}" for o in orgs)
+    sans = [f"IP:{ip}" for ip in ips] + [f"DNS:{d}" for d in dns]
+    usage = "serverAuth" if sans else "clientAuth"
+    ext = pki / f"{name}.ext"
+    ext.write_text(
+        (f"subjectAltName={','.join(sans)}\n" if sans else "")
+        + f"extendedKeyUsage={usage}\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
+    )
+    _openssl(
+        "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subject,
+        cwd=pki,
+    )  # fmt: skip
+    _openssl(
+        "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+        "-days", "30", "-extfile", ext.name, "-out", f"{name}.crt",
+        cwd=pki,
+    )  # fmt: skip
+    return pki / f"{name}.crt", pki / f"{name}.key"
+
+
+def write_kubeconfig(
+    path: Path,
+    server: str,
+    ca: Path,
+    token: str | None = None,
+    user: str = "admin",
+    *,
+    cert: tuple[Path, Path] | None = None,
+) -> None:
+    """A kubeconfig for ``server`` authenticating with a bearer ``token`` or a client ``cert`` (crt, key)."""
+    credentials: dict[str, Any] = {"token": token} if token is not None else {}
+    if cert is not None:
+        credentials = {"client-certificate": str(cert[0]), "client-key": str(cert[1])}
     config: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Config",
@@ -83,7 +118,7 @@ def write_kubeconfig(path: Path, server: str, ca: Path, token: str, user: str = 
                 },
             }
         ],
-        "users": [{"name": user, "user": {"token": token}}],
+        "users": [{"name": user, "user": credentials}],
         "contexts": [{"name": "happy-observatory", "context": {"cluster": "happy-observatory", "user": user}}],
         "current-context": "happy-observatory",
     }
@@ -94,7 +129,12 @@ def write_kubeconfig(path: Path, server: str, ca: Path, token: str, user: str = 
 class ControlPlane:
     """etcd + kube-apiserver + kube-controller-manager + kube-scheduler, started and stopped together."""
 
-    def __init__(self, root: Path | None = None, logs_dir: Path | None = None) -> None:
+    def __init__(self, root: Path | None = None, logs_dir: Path | None = None, *, address: str = "127.0.0.1") -> None:
+        """``address``: where the API server listens and advertises itself. Loopback for simulated
+        nodes; for real nodes an address their pods can reach (their loopback is their own), which
+        also turns on what real kubelets need: the ``kubernetes`` Service's endpoints, a client
+        certificate for the API server's calls to kubelets, and NodeRestriction."""
+        self.address = address
         self._own_root = root is None
         self.root = Path(tempfile.mkdtemp(prefix="happy-observatory-cp-")) if root is None else root
         self.logs_dir = logs_dir or self.root / "logs"
@@ -113,7 +153,7 @@ class ControlPlane:
         build.ensure(["etcd", "kubernetes"])
         self.root.mkdir(parents=True, exist_ok=True)
         self.logs_dir.mkdir(parents=True, exist_ok=True)
-        make_pki(self.pki)
+        make_pki(self.pki, extra_ips=(self.address,) if self.address != "127.0.0.1" else ())
         try:
             self._start_etcd_and_apiserver(timeout)
             self._start_controllers(timeout)
@@ -123,7 +163,7 @@ class ControlPlane:
         self.startup_seconds = time.monotonic() - started
 
     def _start_etcd_and_apiserver(self, timeout: float) -> None:
-        etcd_client, etcd_peer, api_port = free_port(), free_port(), free_port()
+        etcd_client, etcd_peer, api_port = free_port(), free_port(), free_port(self.address)
         etcd_dir = self.root / "etcd"
         etcd = Process(
             "etcd",
@@ -144,7 +184,7 @@ class ControlPlane:
         self._launch(etcd)
         tokens = self.root / "tokens.csv"
         tokens.write_text(f'{self.token},admin,admin-uid,"system:masters"\n')
-        self.server = f"https://127.0.0.1:{api_port}"
+        self.server = f"https://{self.address}:{api_port}"
         apiserver = Process(
             "kube-apiserver",
             [
@@ -155,18 +195,18 @@ class ControlPlane:
                 f"--tls-private-key-file={self.pki / 'apiserver.key'}",
                 f"--client-ca-file={self.pki / 'ca.crt'}",
                 f"--secure-port={api_port}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={self.address}",
+                f"--advertise-address={self.address}",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--authorization-mode=Node,RBAC",
                 f"--token-auth-file={tokens}",
                 f"--service-account-issuer={ISSUER}",
                 f"--service-account-key-file={self.pki / 'sa.pub'}",
                 f"--service-account-signing-key-file={self.pki / 'sa.key'}",
-                "--endpoint-reconciler-type=none",
                 "--allow-privileged=true",
-                # Simulated nodes serve pod logs on their InternalIP; their Hostname does not resolve.
+                # Nodes serve logs, exec and port-forward on their InternalIP; their Hostname does not resolve.
                 "--kubelet-preferred-address-types=InternalIP",
+                *self._node_flags(),
                 # One client, a handful of objects: fairness queues only cost start-up time.
                 "--enable-priority-and-fairness=false",
                 "--profiling=false",
@@ -185,6 +225,21 @@ class ControlPlane:
             what=f"kube-apiserver /readyz (log: {apiserver.log})",
             interval=0.25,
         )
+
+    def _node_flags(self) -> list[str]:
+        if self.address == "127.0.0.1":
+            # Simulated nodes: nothing in a pod needs the `kubernetes` Service, which cannot point at loopback.
+            return ["--endpoint-reconciler-type=none"]
+        crt, key = issue_cert(self.pki, "apiserver-kubelet-client", "kube-apiserver-kubelet-client", orgs=("system:masters",))
+        return [
+            # Pods reach the API server through the `kubernetes` Service, kept current by this lease.
+            "--endpoint-reconciler-type=lease",
+            # Logs, exec and port-forward: the API server authenticates to kubelets with this certificate.
+            f"--kubelet-client-certificate={crt}",
+            f"--kubelet-client-key={key}",
+            # A kubelet may only change its own Node and the pods bound to it.
+            "--enable-admission-plugins=NodeRestriction",
+        ]
 
     def _start_controllers(self, timeout: float) -> None:
         cm_port, sched_port = free_port(), free_port()

@@ -24,6 +24,7 @@ is printed with any failure and at the end of the session.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import secrets
 from collections.abc import Iterator
@@ -33,11 +34,11 @@ from typing import Any
 
 import pytest
 
-from tests.env import build
+from tests.env import build, images, realnodes
 from tests.env.controlplane import ControlPlane
 from tests.env.influx import InfluxDB
-from tests.env.kube import ApiError
-from tests.env.nodesim import NodeSimulator, SimNode
+from tests.env.kube import ApiError, Kube
+from tests.env.nodesim import NodeSimulator
 from tests.env.procs import wait_for
 
 
@@ -45,6 +46,7 @@ from tests.env.procs import wait_for
 class _Bed:
     root: Path | None = None
     timings: dict[str, float] | None = None
+    mode: str = ""
 
     @property
     def logs(self) -> Path | None:
@@ -53,40 +55,76 @@ class _Bed:
 
 _BED = _Bed(timings={})
 
+REAL, SIMULATED = "real", "simulated"
+NODES_ENV = "HAPPY_OBSERVATORY_NODES"
+"""``real`` or ``simulated`` forces the kind of nodes; unset, real nodes when this machine can run them."""
+
+
+def nodes_mode() -> str:
+    """``real`` (kubelets, containerd, the built image) when root with the tools, else ``simulated``."""
+    forced = os.environ.get(NODES_ENV, "").strip().lower()
+    if forced in {REAL, SIMULATED}:
+        if forced == REAL and (why := realnodes.unavailable_reason()):
+            raise realnodes.BedError(f"{NODES_ENV}=real but real nodes cannot run here: {why}")
+        return forced
+    if forced:
+        raise ValueError(f"{NODES_ENV} must be 'real' or 'simulated', got {forced!r}")
+    return REAL if realnodes.unavailable_reason() is None else SIMULATED
+
 
 @dataclass
 class Nodes:
-    """The simulated nodes of a session."""
+    """The session's nodes: real kubelets (``real``) or the simulator's, behind one interface."""
 
-    simulator: NodeSimulator
+    kube: Kube
+    kubectl: Any
+    real: realnodes.RealNodes | None = None
+    simulator: NodeSimulator | None = None
 
     @property
-    def all(self) -> list[SimNode]:
-        return list(self.simulator.nodes)
+    def mode(self) -> str:
+        return REAL if self.real is not None else SIMULATED
 
     @property
     def names(self) -> list[str]:
+        if self.real is not None:
+            return [n.name for n in self.real.nodes]
+        assert self.simulator is not None
         return [n.name for n in self.simulator.nodes]
 
     @property
+    def _tainted(self) -> list[tuple[str, tuple[tuple[str, str, str], ...]]]:
+        if self.real is not None:
+            return [(n.name, n.spec.taints) for n in self.real.tainted]
+        assert self.simulator is not None
+        return [(n.name, n.taints) for n in self.simulator.tainted]
+
+    @property
     def tainted(self) -> str:
-        return self.simulator.tainted[0].name
+        return self._tainted[0][0]
 
     @property
     def untainted(self) -> list[str]:
-        return [n.name for n in self.simulator.nodes if not n.tainted]
+        tainted = {name for name, _ in self._tainted}
+        return [n for n in self.names if n not in tainted]
 
     @property
     def taint(self) -> tuple[str, str, str]:
-        return self.simulator.tainted[0].taints[0]
+        return self._tainted[0][1][0]
 
     @property
     def toleration(self) -> dict[str, str]:
         key, value, effect = self.taint
         return {"key": key, "operator": "Equal", "value": value, "effect": effect}
 
-    def pod_log(self, namespace: str, pod: str, container: str) -> Path:
-        return self.simulator.pod_log(namespace, pod, container)
+    def logs(self, namespace: str, pod: str, container: str, *, previous: bool = False) -> str:
+        """A container's output as ``kubectl logs`` shows it (through the API server and the node)."""
+        query = {"container": container, **({"previous": "true"} if previous else {})}
+        return self.kube.text(f"/api/v1/namespaces/{namespace}/pods/{pod}/log", **query)
+
+    def exec(self, namespace: str, pod: str, container: str, *command: str, check: bool = False) -> Any:
+        """``kubectl exec`` (real nodes only: the simulator's kubelets do not serve exec)."""
+        return self.kubectl("exec", "-n", namespace, pod, "-c", container, "--", *command, check=check)
 
 
 @pytest.fixture(scope="session")
@@ -97,8 +135,39 @@ def bed_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def control_plane(bed_root: Path) -> Iterator[ControlPlane]:
-    cp = ControlPlane(bed_root / "control-plane", logs_dir=bed_root / "logs")
+def bed_mode() -> str:
+    """``real`` or ``simulated`` (see ``nodes_mode``)."""
+    _BED.mode = nodes_mode()
+    return _BED.mode
+
+
+@pytest.fixture(scope="session")
+def host_network(bed_mode: str, bed_root: Path) -> Iterator[realnodes.HostNetwork | None]:
+    """With real nodes: the bed's lock, address, forwarding and egress guard; audited on the way out."""
+    if bed_mode != REAL:
+        yield None
+        return
+    host = realnodes.HostNetwork()
+    host.acquire()
+    try:
+        specs = realnodes.default_specs()
+        cleared = host.clear_stale([realnodes.node_cache(s.name) for s in specs])
+        if cleared:
+            print(f"cleared what an earlier bed left: {', '.join(cleared)}")
+        host.up([bed_root, realnodes.RUN_DIR / "nodes", *(realnodes.node_cache(s.name) for s in specs)])
+        yield host
+        host.down()
+        left = host.audit()
+        if left:
+            raise realnodes.BedError("the bed left things behind:\n  " + "\n  ".join(left))
+    finally:
+        host.release()
+
+
+@pytest.fixture(scope="session")
+def control_plane(bed_root: Path, host_network: realnodes.HostNetwork | None) -> Iterator[ControlPlane]:
+    address = realnodes.BED_IP if host_network is not None else "127.0.0.1"
+    cp = ControlPlane(bed_root / "control-plane", logs_dir=bed_root / "logs", address=address)
     cp.start()
     assert _BED.timings is not None
     _BED.timings["control plane"] = cp.startup_seconds
@@ -109,20 +178,38 @@ def control_plane(bed_root: Path) -> Iterator[ControlPlane]:
 
 
 @pytest.fixture(scope="session")
-def nodes(control_plane: ControlPlane, bed_root: Path) -> Iterator[Nodes]:
+def nodes(
+    control_plane: ControlPlane, bed_root: Path, host_network: realnodes.HostNetwork | None
+) -> Iterator[Nodes]:
+    if host_network is not None:
+        real = realnodes.RealNodes(control_plane, host_network, bed_root / "nodes", bed_root / "logs")
+        try:
+            real.start_runtimes()
+            real.load_images()
+            real.start()
+            assert _BED.timings is not None
+            _BED.timings["real nodes"] = real.startup_seconds
+            yield Nodes(control_plane.kube, control_plane.kubectl, real=real)
+        finally:
+            problems = real.stop()
+            if problems:
+                raise realnodes.BedError("nodes did not stop cleanly:\n  " + "\n  ".join(problems))
+        return
     sim = NodeSimulator(control_plane.kube, logs_dir=bed_root / "logs", work_dir=bed_root / "nodes")
     try:
         sim.start()
         assert _BED.timings is not None
-        _BED.timings["nodes"] = sim.startup_seconds
-        yield Nodes(sim)
+        _BED.timings["simulated nodes"] = sim.startup_seconds
+        yield Nodes(control_plane.kube, control_plane.kubectl, simulator=sim)
     finally:
         sim.stop()
 
 
 @pytest.fixture(scope="session")
-def influxdb(bed_root: Path) -> Iterator[InfluxDB]:
-    db = InfluxDB(bed_root / "influxdb", logs_dir=bed_root / "logs")
+def influxdb(bed_root: Path, host_network: realnodes.HostNetwork | None) -> Iterator[InfluxDB]:
+    # With real nodes InfluxDB listens on the bed address: a pod's 127.0.0.1 is its own.
+    host = realnodes.BED_IP if host_network is not None else "127.0.0.1"
+    db = InfluxDB(bed_root / "influxdb", logs_dir=bed_root / "logs", host=host)
     db.start()
     assert _BED.timings is not None
     _BED.timings["influxdb"] = db.startup_seconds
@@ -167,19 +254,38 @@ _NEEDS = {
     "influxdb": ("influxdb",),
     "helm": ("helm",),
 }
+_REAL_NODES_NEED = ("coredns", "cri-tools")
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests of a whole bed of their own (``whole_bed``) run first, before the session's bed holds the machine."""
+    items.sort(key=lambda item: 0 if item.get_closest_marker("whole_bed") else 1)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "whole_bed: starts and tears down a bed of its own (runs first, before the session's bed)"
+    )
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Build the binaries the selected tests need now: a first build takes longer than a test may."""
+    """Build the binaries and images the selected tests need now: a first build takes longer than a test may."""
     needed: set[str] = set()
     for item in session.items:
         for fixture in getattr(item, "fixturenames", ()):
             needed.update(_NEEDS.get(fixture, ()))
+        if item.get_closest_marker("whole_bed"):
+            needed.update(("etcd", "kubernetes", "influxdb"))
     if not needed or session.config.option.collectonly:
         return
+    real = nodes_mode() == REAL
+    if real and "kubernetes" in needed:
+        needed.update(_REAL_NODES_NEED)
     capture = session.config.pluginmanager.get_plugin("capturemanager")
     with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
         build.ensure(sorted(needed))
+        if real and "kubernetes" in needed:
+            images.ensure(images.NODE_IMAGES)
 
 
 # --- reporting --------------------------------------------------------------------------
@@ -200,7 +306,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int) -> None:
         return
     if _BED.timings:
         parts = ", ".join(f"{k} {v:.1f}s" for k, v in _BED.timings.items())
-        terminalreporter.write_line(f"happy-observatory test bed ready: {parts}")
+        terminalreporter.write_line(f"happy-observatory test bed ({_BED.mode or 'no'} nodes) ready: {parts}")
     if exitstatus != 0:
         terminalreporter.write_line(f"happy-observatory test bed logs: {_BED.logs}", red=True)
 
@@ -210,4 +316,4 @@ def wait_until(check: Any, timeout: float = 60.0, what: str = "condition", inter
     return wait_for(check, timeout=timeout, what=what, interval=interval)
 
 
-__all__ = ["Nodes", "control_plane", "helm", "influxdb", "namespace", "nodes", "wait_until"]
+__all__ = ["Nodes", "bed_mode", "control_plane", "helm", "host_network", "influxdb", "namespace", "nodes", "wait_until"]

@@ -29,6 +29,7 @@ class InfluxDB:
         logs_dir: Path | None = None,
         *,
         port: int | None = None,
+        host: str = "127.0.0.1",
         org: str = "happy",
         bucket: str = "observatory",
         username: str = "admin",
@@ -38,8 +39,9 @@ class InfluxDB:
         self._own_root = root is None
         self.root = Path(tempfile.mkdtemp(prefix="happy-observatory-influx-")) if root is None else root
         self.logs_dir = logs_dir or self.root / "logs"
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.host = host
+        self.port = port or free_port(host)
+        self.url = f"http://{host}:{self.port}"
         self.org = org
         self.bucket = bucket
         self.username = username
@@ -64,7 +66,7 @@ class InfluxDB:
             "influxd",
             [
                 build.binary("influxdb", "influxd"),
-                f"--http-bind-address=127.0.0.1:{self.port}",
+                f"--http-bind-address={self.host}:{self.port}",
                 f"--bolt-path={data / 'influxd.bolt'}",
                 f"--engine-path={data / 'engine'}",
                 f"--sqlite-path={data / 'influxd.sqlite'}",

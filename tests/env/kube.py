@@ -87,6 +87,28 @@ class Kube:
         content_type: str = "application/json",
         timeout: float = 30.0,
     ) -> Obj:
+        raw = self._send(method, path, body, query=query, content_type=content_type, timeout=timeout)
+        if not raw:
+            return {}
+        try:
+            return dict(json.loads(raw))
+        except ValueError:  # /readyz, /healthz and friends answer in plain text
+            return {"text": raw}
+
+    def text(self, path: str, *, timeout: float = 30.0, **query: str) -> str:
+        """A GET whose answer is text (a pod's log), returned as is."""
+        return self._send("GET", path, None, query=query or None, timeout=timeout)
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        body: Obj | list[Any] | None,
+        *,
+        query: dict[str, str] | None,
+        content_type: str = "application/json",
+        timeout: float,
+    ) -> str:
         url = path + ("?" + urllib.parse.urlencode(query) if query else "")
         headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
         data = None
@@ -102,12 +124,7 @@ class Kube:
             conn.close()
         if not 200 <= resp.status < 300:
             raise ApiError(resp.status, resp.reason, raw)
-        if not raw:
-            return {}
-        try:
-            return dict(json.loads(raw))
-        except ValueError:  # /readyz, /healthz and friends answer in plain text
-            return {"text": raw}
+        return raw
 
     def get(self, path: str, **query: str) -> Obj:
         return self.request("GET", path, query=query or None)
