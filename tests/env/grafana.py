@@ -120,8 +120,10 @@ def interpolate_flux(
     """The backend's macro step, replacing every ``<word>.<name>`` match as Grafana's regex does."""
 
     def rfc3339(t: dt.datetime) -> str:
-        text = t.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
-        return text.replace(".000000Z", "Z")
+        # Go's RFC3339Nano: UTC, "Z", a fraction only when non-zero and without trailing zeros.
+        utc = t.astimezone(dt.UTC)
+        fraction = f"{utc.microsecond:06d}".rstrip("0")
+        return utc.strftime("%Y-%m-%dT%H:%M:%S") + (f".{fraction}" if fraction else "") + "Z"
 
     replacements = {
         "timeRangeStart": rfc3339(start),
