@@ -179,7 +179,6 @@ def graph(
         .datasource(datasource)
         .with_target(target or FluxTarget(query))
         .unit(unit)
-        .display_name(legend)
         .legend(_legend())
         .tooltip(
             common_builders.VizTooltipOptions().mode(common.TooltipDisplayMode.MULTI).sort(common.SortOrder.DESCENDING)
@@ -189,6 +188,8 @@ def graph(
         .span(span)
         .height(8)
     )
+    if legend:  # else Grafana names each series from its labels (a roll-up's groupBy tags)
+        panel = panel.display_name(legend)
     if minimum is not None:
         panel = panel.min(minimum)
     if maximum is not None:
