@@ -4,8 +4,9 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.local/bin:$(PATH)
 UV ?= uv
 PY_SRC := agent/observatory_agent operator/observatory_operator
+HELM_DOCS_ARGS := --chart-search-root helm --sort-values-order file --skip-version-footer --log-level warning
 
-.PHONY: help bootstrap uv test lint typecheck imports unit integration crds bench dev env run-agent run-processor run-operator docker clean
+.PHONY: help bootstrap uv test lint typecheck imports unit integration crds bench dev env run-agent run-processor run-operator docker clean dashboards chart-docs workflows
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -33,11 +34,22 @@ env: ## Build the test environment's binaries that are missing (cached outside t
 unit: bootstrap ## Unit tests only (pure code, fast)
 	$(UV) run pytest tests/unit
 
-test: lint typecheck imports env ## Every check: lint, types, import contracts, unit + integration + e2e tests
+test: lint typecheck imports workflows env ## Every check: lint, types, import contracts, unit + integration + e2e tests
 	$(UV) run pytest
 
 crds: bootstrap ## Regenerate CRD YAML from the pydantic models
 	$(UV) run python -m observatory_operator.api.generate
+
+dashboards: bootstrap ## Regenerate dashboards/*.json and the chart's copies (a test fails when stale)
+	$(UV) run python -m dashboards.generate
+
+chart-docs: ## Regenerate helm/happy-observatory/README.md from values.yaml with helm-docs (a test fails when stale)
+	python3 tests/env/build.py helm-docs
+	"$$(python3 tests/env/build.py --print-paths helm-docs | cut -f2)/helm-docs" $(HELM_DOCS_ARGS)
+
+workflows: ## actionlint over .github/workflows (built from source like the test bed's tools)
+	python3 tests/env/build.py actionlint
+	"$$(python3 tests/env/build.py --print-paths actionlint | cut -f2)/actionlint" -no-color
 
 bench: bootstrap env ## Benchmarks (tests/bench), never part of make test
 	$(UV) sync --frozen --group bench

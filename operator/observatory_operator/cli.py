@@ -69,10 +69,29 @@ def _parser() -> argparse.ArgumentParser:
         default=float(os.environ.get("OBSERVATORY_RESYNC_SECONDS", ReconcileSettings.resync_seconds)),
         help="Status refresh and drift-restore period.",
     )
+    p.add_argument(
+        "--servicemonitor-label",
+        action="append",
+        type=_label,
+        default=_labels_from_env(os.environ.get("OBSERVATORY_SERVICEMONITOR_LABELS", "")),
+        metavar="KEY=VALUE",
+        help="Extra label on generated ServiceMonitors (repeatable; env OBSERVATORY_SERVICEMONITOR_LABELS=k=v,k2=v2).",
+    )
     p.add_argument("--log-format", choices=["plain", "json"], default="json", help="Log line format.")
     p.add_argument("-v", "--verbose", action="store_true", help="Debug logging.")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
+
+
+def _label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: a label is KEY=VALUE")
+    return key.strip(), value.strip()
+
+
+def _labels_from_env(text: str) -> list[tuple[str, str]]:
+    return [_label(item) for item in text.split(",") if item.strip()]
 
 
 def _default_priority() -> int:
@@ -126,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings(
         agent=AgentDefaults(image=args.agent_image),
         reconcile=ReconcileSettings(resync_seconds=args.resync_seconds),
+        service_monitor_labels=dict(args.servicemonitor_label),
     )
     kube = Kube.from_environment(field_manager=settings.field_manager)
     runtime = Runtime(kube=kube, settings=settings)

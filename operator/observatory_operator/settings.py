@@ -51,3 +51,5 @@ class Settings:
     reconcile: ReconcileSettings = field(default_factory=ReconcileSettings)
     field_manager: str = FIELD_MANAGER
     """The single server-side-apply field manager: one owner for every field the operator sets."""
+    service_monitor_labels: dict[str, str] = field(default_factory=dict)
+    """Extra labels on generated ServiceMonitors: Prometheus selects on them (kube-prometheus-stack: release)."""

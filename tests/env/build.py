@@ -78,6 +78,8 @@ def components(versions: dict[str, str] | None = None) -> dict[str, Component]:
         "coredns": Component("coredns", v["COREDNS_VERSION"], ("coredns",)),
         "cri-tools": Component("cri-tools", v["CRI_TOOLS_VERSION"], ("crictl",)),
         "influxdb": Component("influxdb", v["INFLUXDB_VERSION"], ("influxd",)),
+        "actionlint": Component("actionlint", v["ACTIONLINT_VERSION"], ("actionlint",)),
+        "helm-docs": Component("helm-docs", v["HELM_DOCS_VERSION"], ("helm-docs",)),
     }
 
 
@@ -348,6 +350,29 @@ def build_influxdb(comp: Component, work: Path, log: Path) -> None:
     _install(work / "out", comp)
 
 
+GO_TOOLS = {
+    "actionlint": "github.com/rhysd/actionlint/cmd/actionlint",
+    "helm-docs": "github.com/norwoodj/helm-docs/cmd/helm-docs",
+}
+"""Developer tools that are one `go install` of a module's command."""
+
+
+def build_go_tool(comp: Component, work: Path, log: Path) -> None:
+    out = work / "out" / "bin"
+    out.mkdir(parents=True)
+    env = _go_env({"CGO_ENABLED": "0", "GOBIN": str(out)})
+    env.pop("GOFLAGS")
+    package = GO_TOOLS[comp.name]
+    _run(
+        ["go", "install", "-trimpath", "-ldflags", "-s -w", f"{package}@{comp.version}"],
+        cwd=work,
+        env=env,
+        log=log,
+        step=f"go install {package}",
+    )
+    _install(work / "out", comp)
+
+
 BUILDERS = {
     "kubernetes": build_kubernetes,
     "etcd": build_etcd,
@@ -355,6 +380,8 @@ BUILDERS = {
     "coredns": build_coredns,
     "cri-tools": build_crictl,
     "influxdb": build_influxdb,
+    "actionlint": build_go_tool,
+    "helm-docs": build_go_tool,
 }
 
 

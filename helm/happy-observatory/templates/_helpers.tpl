@@ -14,3 +14,19 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- define "observatory.image" -}}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end -}}
+
+{{- /* The bundled InfluxDB's in-cluster URL. */ -}}
+{{- define "observatory.influxdbURL" -}}
+{{ printf "http://%s-influxdb.%s.svc:8086" (include "observatory.fullname" .) .Release.Namespace }}
+{{- end -}}
+
+{{- /* The InfluxDB URL Grafana should use: explicit, else shared-config's, else the bundled one. */ -}}
+{{- define "observatory.grafanaInfluxdbURL" -}}
+{{- if .Values.grafana.datasource.url -}}
+{{ .Values.grafana.datasource.url }}
+{{- else if .Values.sharedConfig.data.influxdb_url -}}
+{{ .Values.sharedConfig.data.influxdb_url }}
+{{- else if .Values.influxdb.enabled -}}
+{{ include "observatory.influxdbURL" . }}
+{{- end -}}
+{{- end -}}

@@ -40,6 +40,9 @@ class AgentProcess:
     port: int
     influx: InfluxDB
     tags: dict[str, str] = field(default_factory=dict)
+    collectors: tuple[str, ...] = COLLECTORS
+    env: dict[str, str] = field(default_factory=dict)
+    """Extra environment, e.g. shared-config keys (``CLUSTER_NAME``)."""
     process: Process | None = None
     started_at: float = 0.0
 
@@ -58,7 +61,7 @@ class AgentProcess:
         config = {
             "interval": f"{INTERVAL:g}s",
             "window": f"{WINDOW:g}s",
-            "collectors": [{"name": c, "kind": c} for c in COLLECTORS],
+            "collectors": [{"name": c, "kind": c} for c in self.collectors],
             "tags": {"run": self.run, **self.tags},
             "influxdb": {
                 "url": self.influx.url,
@@ -75,7 +78,7 @@ class AgentProcess:
 
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "OBSERVATORY_", "INFLUXDB_"))}
-        env.update({"NODE_NAME": self.node, "PYTHONUNBUFFERED": "1"})
+        env.update({"NODE_NAME": self.node, "PYTHONUNBUFFERED": "1", **self.env})
         self.process = Process(
             f"agent-{self.node}",
             [VENV_BIN / "observatory-agent", "run", "--config", self.write_config()],
