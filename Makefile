@@ -4,9 +4,10 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.local/bin:$(PATH)
 UV ?= uv
 PY_SRC := agent/observatory_agent operator/observatory_operator
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 HELM_DOCS_ARGS := --chart-search-root helm --sort-values-order file --skip-version-footer --log-level warning
 
-.PHONY: help bootstrap uv test lint typecheck imports unit integration crds bench dev env run-agent run-processor run-operator docker clean dashboards chart-docs workflows
+.PHONY: help bootstrap uv test lint typecheck imports unit integration crds bench dev env image run-agent run-processor run-operator docker clean dashboards chart-docs workflows
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -27,9 +28,13 @@ typecheck: bootstrap ## mypy --strict over both packages
 imports: bootstrap ## import-linter layering contracts
 	$(UV) run lint-imports
 
-env: ## Build the test environment's binaries that are missing (cached outside the repo); Debian's promtool, node_exporter
+env: uv ## Build what the test bed needs and is missing: binaries (cached outside the repo), Debian packages, images
 	python3 tests/env/build.py
 	python3 -m tests.env.tools
+	@if [ "$$(id -u)" = 0 ]; then python3 tests/env/images.py; else echo "not root: no images (nodes are simulated)"; fi
+
+image: uv ## Build the project image from docker/Dockerfile with podman (local base and uv images)
+	python3 tests/env/images.py project
 
 unit: bootstrap ## Unit tests only (pure code, fast)
 	$(UV) run pytest tests/unit
@@ -55,7 +60,7 @@ bench: bootstrap env ## Benchmarks (tests/bench), never part of make test
 	$(UV) sync --frozen --group bench
 	$(UV) run pytest tests/bench -p no:cacheprovider -s
 
-dev: bootstrap env ## Local control plane + InfluxDB + simulated nodes + operator, until Ctrl-C
+dev: bootstrap env ## Local control plane, 3 real nodes (simulated when not root), InfluxDB, operator, examples; until Ctrl-C
 	$(UV) run python -m tests.env.dev
 
 run-agent: bootstrap ## Run one agent on this host (no cluster needed)
@@ -67,8 +72,11 @@ run-processor: bootstrap ## Run a processor locally
 run-operator: bootstrap ## Run the operator against $$KUBECONFIG
 	$(UV) run observatory-operator
 
-docker: ## Build the image (needs a Docker engine; none on these machines)
-	docker build -f docker/Dockerfile -t happy-observatory:2.0.0 .
+docker: ## Build the image with docker or podman, whichever is there (the Dockerfile's default base images)
+	@engine=$$(command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1 && echo docker || command -v podman || true); \
+	if [ -z "$$engine" ]; then echo "neither a running docker nor podman found" >&2; exit 1; fi; \
+	echo "building with $$engine"; \
+	$$engine build -f docker/Dockerfile -t ghcr.io/happy-patterns-org/happy-observatory:$(VERSION) .
 
 clean: ## Remove local build and test state (not the binary cache)
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache .hypothesis .import_linter_cache dist .dev

@@ -142,6 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # kopf logs a line per handler per watch event ("Handler 'remember' succeeded"): with many
         # collectors that drowns the operator's own lines, which say what changed and why.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+        # kopf's liveness endpoint logs every kubelet probe as an access line: noise, every few seconds.
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     settings = Settings(
         agent=AgentDefaults(image=args.agent_image),
         reconcile=ReconcileSettings(resync_seconds=args.resync_seconds),

@@ -425,14 +425,15 @@ class _Counts:
     """The DaemonSet controller has seen the latest DaemonSet spec."""
 
     @classmethod
-    def of(cls, ds: Obj | None) -> _Counts:
+    def of(cls, ds: Obj | None, *, covered: int | None = None) -> _Counts:
         status = (ds or {}).get("status") or {}
         generation = ((ds or {}).get("metadata") or {}).get("generation", 0)
+        ready = int(status.get("numberReady", 0))
         return cls(
             desired=int(status.get("desiredNumberScheduled", 0)),
             current=int(status.get("currentNumberScheduled", 0)),
             updated=int(status.get("updatedNumberScheduled", 0)),
-            ready=int(status.get("numberReady", 0)),
+            ready=ready if covered is None else min(ready, covered),
             rolled_out=ds is not None and int(status.get("observedGeneration", 0)) >= int(generation),
         )
 
@@ -543,9 +544,11 @@ def compute(observed: Observed, now: datetime) -> Computed:
     """The collector's status and the condition transitions worth an Event."""
     spec = observed.spec
     ds = observed.daemonset
-    counts = _Counts.of(ds)
     template_spec = ((ds or {}).get("spec") or {}).get("template", {}).get("spec", {})
-    uncovered, _ = coverage(spec, observed.nodes, observed.pods, bool(template_spec.get("hostNetwork", False)))
+    uncovered, covered = coverage(spec, observed.nodes, observed.pods, bool(template_spec.get("hostNetwork", False)))
+    # An agent counts as ready when the DaemonSet says so *and* its pod is a ready, non-terminating
+    # pod on a wanted node: during a rollout the DaemonSet still counts a pod that is being replaced.
+    counts = _Counts.of(ds, covered=len(covered) if ds is not None and observed.nodes else None)
     reporting, flow = _data_flowing(counts, observed.pods, observed.reports, observed.window_seconds, now)
     writes = [r.last_successful_write for r in observed.reports.values() if r and r.last_successful_write]
     buffered = sum(r.buffered_points for r in observed.reports.values() if r is not None)

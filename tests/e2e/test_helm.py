@@ -1,10 +1,13 @@
 """The product as users meet it: ``helm install``, ``kubectl apply`` a collector, data in InfluxDB.
 
-The operator runs *in the cluster*: its pod (the chart's Deployment, with the chart's args) is a
-real ``observatory-operator`` process under the node simulator, authenticated by the bound token
-of the chart's ServiceAccount and authorised by nothing but the chart's RBAC. So these tests
-prove the chart renders and installs, its RBAC rules are sufficient for the whole flow (Role
-path and ClusterRole path), and agents on every node write to the real InfluxDB.
+The operator runs *in the cluster*: on real nodes its pod (the chart's Deployment, with the
+chart's args) is a container of the image built from ``docker/Dockerfile``, in a namespace that
+enforces the `restricted` Pod Security level, authenticated by the bound token of the chart's
+ServiceAccount and authorised by nothing but the chart's RBAC. The collector goes into a second
+namespace (privileged, warn baseline), as the README tells users, exactly as
+``examples/collector.yaml`` has it: its agents run as containers on the two untainted nodes and
+write to the real InfluxDB. So these tests prove the chart renders and installs, its RBAC rules
+are sufficient for the whole flow (Role path and ClusterRole path), and the data path works.
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.env import images
 from tests.env.controlplane import ControlPlane
-from tests.env.fixtures import Nodes, wait_until
+from tests.env.fixtures import REAL, Nodes, wait_until
 from tests.env.influx import InfluxDB
-from tests.env.kube import ApiError, Obj
+from tests.env.kube import PSA_AGENTS, PSA_OPERATOR, ApiError, Obj
 from tests.env.nodesim import REPO
 
 pytestmark = pytest.mark.integration
@@ -95,48 +99,51 @@ def operator_pods(control_plane: ControlPlane, namespace: str, release: str) -> 
     return items
 
 
-def diagnosis(control_plane: ControlPlane, nodes: Nodes, namespace: str, release: str) -> str:
+def diagnosis(control_plane: ControlPlane, nodes: Nodes, namespaces: tuple[str, ...], release: str) -> str:
     """What a user would look at: the operator's log, the collector's status, pods and events."""
     parts = []
-    for pod in operator_pods(control_plane, namespace, release):
-        log = nodes.pod_log(namespace, pod["metadata"]["name"], "operator")
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-60:]) if log.exists() else "(no log)"
-        parts.append(f"--- operator pod {pod['metadata']['name']} log ({log}):\n{tail}")
-    for args in (
-        ("get", "observatorycollectors", "-n", namespace, "-o", "yaml"),
-        ("get", "pods,daemonsets,deployments", "-n", namespace, "-o", "wide"),
-        ("get", "events", "-n", namespace, "--sort-by=.lastTimestamp"),
-    ):
-        done = control_plane.kubectl(*args, check=False)
-        parts.append(f"--- kubectl {' '.join(args)}:\n{done.stdout}{done.stderr}")
+    for pod in operator_pods(control_plane, namespaces[0], release):
+        try:
+            log = nodes.logs(namespaces[0], pod["metadata"]["name"], "operator")
+        except ApiError as exc:
+            log = f"(no log: {exc})"
+        tail = "\n".join(log.splitlines()[-60:])
+        parts.append(f"--- operator pod {pod['metadata']['name']} log:\n{tail}")
+    for namespace in namespaces:
+        for args in (
+            ("get", "observatorycollectors", "-n", namespace, "-o", "yaml"),
+            ("get", "pods,daemonsets,deployments,statefulsets,jobs", "-n", namespace, "-o", "wide"),
+            ("get", "events", "-n", namespace, "--sort-by=.lastTimestamp"),
+        ):
+            done = control_plane.kubectl(*args, check=False)
+            parts.append(f"--- kubectl {' '.join(args)}:\n{done.stdout}{done.stderr}")
     return "\n".join(parts)
 
 
 @contextlib.contextmanager
-def explained(control_plane: ControlPlane, nodes: Nodes, namespace: str, release: str) -> Iterator[None]:
+def explained(control_plane: ControlPlane, nodes: Nodes, namespaces: tuple[str, ...], release: str) -> Iterator[None]:
     try:
         yield
     except Exception as exc:
-        raise AssertionError(f"{exc}\n\n{diagnosis(control_plane, nodes, namespace, release)}") from exc
+        raise AssertionError(f"{exc}\n\n{diagnosis(control_plane, nodes, namespaces, release)}") from exc
 
 
-def deployment_available(control_plane: ControlPlane, namespace: str, name: str) -> bool:
+def deployment_available(control_plane: ControlPlane, namespace: str, name: str, replicas: int) -> bool:
     deploy = control_plane.kube.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}")
-    conditions = (deploy.get("status") or {}).get("conditions") or []
-    return any(c["type"] == "Available" and c["status"] == "True" for c in conditions)
+    status = deploy.get("status") or {}
+    available = any(c["type"] == "Available" and c["status"] == "True" for c in status.get("conditions") or [])
+    return available and status.get("readyReplicas") == replicas
 
 
-def collector_manifest(nodes: Nodes, influxdb: InfluxDB, directory: Path, run: str) -> Path:
-    """``examples/collector.yaml``, adjusted only where the bed differs from a real cluster."""
+def collector_manifest(bucket: str, directory: Path, run: str) -> Path:
+    """``examples/collector.yaml`` as users apply it, with a short interval and window so data comes within seconds."""
     doc: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
     spec = doc["spec"]
     # The bed's nodes and bucket are shared by the session: other tests' agents (still stopping
     # in namespaces being deleted) write as node-1..3 too. A tag of this run tells ours apart.
     spec["tags"] = {**(spec.get("tags") or {}), "e2e_run": run}
     spec["interval"], spec["window"] = INTERVAL, WINDOW
-    spec["influxdb"]["bucket"] = influxdb.bucket
-    # The bed's gpu node is tainted; tolerating it puts an agent on every node.
-    spec["tolerations"] = [*spec.get("tolerations", []), nodes.toleration]
+    spec["influxdb"]["bucket"] = bucket
     path = directory / "collector.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
@@ -178,63 +185,111 @@ def owned_children(control_plane: ControlPlane, namespace: str, uid: str) -> lis
 # --- the flow -----------------------------------------------------------------------------
 
 
+def agent_pods(control_plane: ControlPlane, namespace: str) -> list[Obj]:
+    items, _ = control_plane.kube.list(
+        f"/api/v1/namespaces/{namespace}/pods", labelSelector="app.kubernetes.io/component=agent"
+    )
+    return items
+
+
+def check_agents_are_hardened_containers(control_plane: ControlPlane, nodes: Nodes, namespace: str) -> None:
+    """What `kubectl exec` into an agent shows: uid 65532 and a root filesystem that refuses writes."""
+    pods = [p for p in agent_pods(control_plane, namespace) if (p.get("status") or {}).get("phase") == "Running"]
+    assert {p["spec"]["nodeName"] for p in pods} == set(nodes.untainted), "agents on the untainted nodes only"
+    for pod in pods:
+        name = pod["metadata"]["name"]
+        (cs,) = pod["status"]["containerStatuses"]
+        assert cs["containerID"].startswith("containerd://"), cs
+        assert cs["imageID"], cs
+        ident = nodes.exec(namespace, name, "agent", "id", check=True).stdout
+        assert "uid=65532" in ident, ident
+        write = nodes.exec(namespace, name, "agent", "sh", "-c", "touch /probe 2>&1; echo rc=$?").stdout
+        assert "Read-only file system" in write, write
+        assert "rc=1" in write, write
+
+
 def install_collect_uninstall(
     control_plane: ControlPlane,
     nodes: Nodes,
     influxdb: InfluxDB,
     namespace: str,
+    agents_namespace: str,
     helm_cli: Helm,
     bed_root: Path,
     *,
     watch_namespaces: list[str],
     replicas: int = 1,
+    bundled_influxdb: bool = False,
 ) -> None:
+    """``namespace`` holds the operator (Pod Security: restricted); ``agents_namespace`` the collector and agents."""
     release = f"obs-{namespace.rsplit('-', 1)[-1]}"  # cluster-scoped RBAC names differ per test
     work = bed_root / "e2e" / namespace
     work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
+    scope_namespaces = (namespace, agents_namespace)
 
     def step(what: str) -> None:
         print(f"{time.monotonic() - started:6.1f}s {what}")  # shown with -s, and with a failure's output
 
     scope = ["--set", f"operator.watchNamespaces={{{','.join(watch_namespaces)}}}"] if watch_namespaces else []
+    # With every namespace watched, the chart renders the shared-config only where it is told to.
+    scope += [] if watch_namespaces else ["--set", f"sharedConfig.namespaces={{{agents_namespace}}}"]
+    influx = [
+        "--set-string", f"sharedConfig.data.influxdb_url={influxdb.url}",
+        "--set-string", f"sharedConfig.data.influxdb_org={influxdb.org}",
+        "--set-string", f"sharedConfig.data.influxdb_bucket={influxdb.bucket}",
+    ]  # fmt: skip
+    token = influxdb.token
+    if bundled_influxdb:
+        token = f"e2e-admin-token-{release}"
+        influx = [
+            "--set", "influxdb.enabled=true",
+            "--set-string", f"influxdb.image={images.influxdb_ref()}",
+            "--set", "influxdb.persistence.enabled=false",
+            "--set-string", f"influxdb.adminPassword=pw-{release}",
+            "--set-string", f"influxdb.adminToken={token}",
+            "--set-string", "sharedConfig.data.influxdb_org=happy",
+            "--set-string", "sharedConfig.data.influxdb_bucket=observatory",
+        ]  # fmt: skip
     try:
-        with explained(control_plane, nodes, namespace, release):
+        with explained(control_plane, nodes, scope_namespaces, release):
             kubectl(
-                control_plane, "create", "secret", "generic", "influxdb-auth", "-n", namespace,
-                f"--from-literal=token={influxdb.token}",
+                control_plane, "create", "secret", "generic", "influxdb-auth", "-n", agents_namespace,
+                f"--from-literal=token={token}",
             )  # fmt: skip
             helm_cli(
-                "install", release, str(CHART), "--namespace", namespace, *scope,
-                "--set-string", f"sharedConfig.data.influxdb_url={influxdb.url}",
-                "--set-string", f"sharedConfig.data.influxdb_org={influxdb.org}",
-                "--set-string", f"sharedConfig.data.influxdb_bucket={influxdb.bucket}",
+                "install", release, str(CHART), "--namespace", namespace, *scope, *influx,
                 "--set-string", f"sharedConfig.data.cluster_name={CLUSTER}",
                 "--set", f"operator.replicas={replicas}",
+                *(["--wait", "--timeout", f"{int(WAIT)}s"] if bundled_influxdb else []),
             )  # fmt: skip
             step("helm install")
             deployment = f"{release}-operator"
             wait_until(
-                lambda: deployment_available(control_plane, namespace, deployment),
+                lambda: deployment_available(control_plane, namespace, deployment, replicas),
                 timeout=WAIT,
-                what=f"Deployment {deployment} Available",
+                what=f"Deployment {deployment} Available with {replicas} ready",
             )
             pods = operator_pods(control_plane, namespace, release)
             assert len(pods) == replicas
-            workers = []
             for pod in pods:
                 assert pod["spec"]["serviceAccountName"] == deployment
-                worker = nodes.simulator.worker(namespace, pod["metadata"]["name"])
-                assert worker is not None
-                assert worker.pid("operator") is not None, "the operator runs as a process"
-                workers.append(worker)
+                (cs,) = pod["status"]["containerStatuses"]
+                assert cs["ready"], cs
+                if nodes.mode == REAL:
+                    # Admitted under `restricted` and running as the image's non-root user.
+                    assert cs["containerID"].startswith("containerd://"), cs
+                    ident = nodes.exec(namespace, pod["metadata"]["name"], "operator", "id", check=True).stdout
+                    assert "uid=65532" in ident, ident
             args = pods[0]["spec"]["containers"][0]["args"]
             expected = [f"--namespace={ns}" for ns in watch_namespaces] or ["--all-namespaces"]
             assert [a for a in args if a.startswith(("--namespace", "--all-namespaces"))] == expected, args
             assert any(a.startswith("--peering") for a in args) == (replicas > 1), args
             if replicas > 1:
-                # The operator created its KopfPeering before kopf started; every replica's keep-alive lands in it.
-                peering = f"/apis/kopf.dev/v1/namespaces/{namespace}/kopfpeerings/{release}"
+                # The operator created its KopfPeering (in the namespace it watches) before kopf started;
+                # every replica's keep-alive lands in it.
+                peering_ns = watch_namespaces[0] if watch_namespaces else namespace
+                peering = f"/apis/kopf.dev/v1/namespaces/{peering_ns}/kopfpeerings/{release}"
 
                 def all_peers() -> dict[str, Any] | None:
                     status: dict[str, Any] = control_plane.kube.get(peering).get("status") or {}
@@ -248,43 +303,53 @@ def install_collect_uninstall(
                 assert len({peer["priority"] for peer in peers.values()}) == replicas, peers
             step(f"operator Available ({replicas} replica{'s' if replicas > 1 else ''})")
 
+            target = influxdb
+            if bundled_influxdb:
+                target = bundled(control_plane, namespace, release, token)
+                step(f"bundled InfluxDB set up by the chart's Job, reached at {target.url}")
+
             applied = dt.datetime.now(dt.UTC).replace(microsecond=0)
-            kubectl(
-                control_plane, "apply", "-n", namespace, "-f", str(collector_manifest(nodes, influxdb, work, release))
-            )
-            everyone = f"{len(nodes.names)}/{len(nodes.names)}"
+            manifest = collector_manifest(target.bucket, work, release)
+            kubectl(control_plane, "apply", "-n", agents_namespace, "-f", str(manifest))
+            # As in examples/collector.yaml: the tainted gpu node is not tolerated, the other two run agents.
+            wanted = f"{len(nodes.untainted)}/{len(nodes.untainted)}"
 
             def user_view() -> dict[str, str] | None:
-                row = table(kubectl(control_plane, "get", "observatorycollectors", "-n", namespace)).get("nodes")
-                if row and row.get("READY") == everyone and row.get("REPORTING") == everyone:
+                out = kubectl(control_plane, "get", "observatorycollectors", "-n", agents_namespace)
+                row = table(out).get("nodes")
+                if row and row.get("READY") == wanted and row.get("REPORTING") == wanted:
                     return row
                 return None
 
             row = wait_until(
-                user_view, timeout=WAIT, what=f"kubectl get observatorycollectors: READY and REPORTING {everyone}"
+                user_view, timeout=WAIT, what=f"kubectl get observatorycollectors: READY and REPORTING {wanted}"
             )
             assert row["LAST-WRITE"] not in ("", "<unknown>", "<none>"), row
             assert row["PHASE"] == "Ready", row
             step(f"READY {row['READY']} REPORTING {row['REPORTING']} LAST-WRITE {row['LAST-WRITE']}")
+            if nodes.mode == REAL:
+                check_agents_are_hardened_containers(control_plane, nodes, agents_namespace)
+                step("kubectl exec: agents run as uid 65532 on a read-only root filesystem")
 
             def every_node() -> dict[str, set[str]] | None:
-                found = nodes_with_points(influxdb, applied, release)
-                return found if set(found) >= set(nodes.names) else None
+                found = nodes_with_points(target, applied, release)
+                return found if set(found) >= set(nodes.untainted) else None
 
             found = wait_until(
                 every_node,
                 timeout=WAIT,
-                what=f"{MEASUREMENT} points from every node in InfluxDB",
+                what=f"{MEASUREMENT} points from every untainted node in InfluxDB",
             )
-            for node in nodes.names:
+            assert set(found) == set(nodes.untainted), f"the tainted node has no agent: {found}"
+            for node in nodes.untainted:
                 assert found[node] == {CLUSTER}, f"{node}: cluster tag from the shared-config, got {found[node]}"
-            step("points from every node in InfluxDB")
+            step("points from every untainted node in InfluxDB")
 
-            # helm uninstall takes the operator away (its process too); the collector and its agents stay.
+            # helm uninstall takes the operator away (its pod too); the collector and its agents stay.
             collector = control_plane.kube.get(
-                f"/apis/observatory.happypatterns.org/v1alpha1/namespaces/{namespace}/observatorycollectors/nodes"
+                f"/apis/observatory.happypatterns.org/v1alpha1/namespaces/{agents_namespace}/observatorycollectors/nodes"
             )
-            children = owned_children(control_plane, namespace, collector["metadata"]["uid"])
+            children = owned_children(control_plane, agents_namespace, collector["metadata"]["uid"])
             assert {c.split("/")[0] for c in children} == {"DaemonSet", "ConfigMap", "Service"}, children
             helm_cli("uninstall", release, "--namespace", namespace, "--wait", "--timeout", f"{int(WAIT)}s")
             wait_until(
@@ -295,22 +360,21 @@ def install_collect_uninstall(
                 timeout=WAIT,
                 what="the operator's Deployment and pod gone after helm uninstall",
             )
-            assert all(w.pid("operator") is None for w in workers), "the operator's processes ended with their pods"
             step("helm uninstall")
 
             # No finalizer holds a collector while no operator runs: kubectl delete returns, and the
             # garbage collector removes every child through the owner references.
             kubectl(
-                control_plane, "delete", "observatorycollector", "nodes", "-n", namespace, "--wait", "--timeout=60s"
-            )
+                control_plane, "delete", "observatorycollector", "nodes", "-n", agents_namespace, "--wait",
+                "--timeout=60s",
+            )  # fmt: skip
             wait_until(
-                lambda: not owned_children(control_plane, namespace, collector["metadata"]["uid"]),
+                lambda: not owned_children(control_plane, agents_namespace, collector["metadata"]["uid"]),
                 timeout=WAIT,
                 what=f"the collector's children {children} garbage-collected",
             )
-            agents = "app.kubernetes.io/component=agent"
             wait_until(
-                lambda: not control_plane.kube.list(f"/api/v1/namespaces/{namespace}/pods", labelSelector=agents)[0],
+                lambda: not agent_pods(control_plane, agents_namespace),
                 timeout=WAIT,
                 what="the agent pods gone",
             )
@@ -321,7 +385,29 @@ def install_collect_uninstall(
             helm_cli("uninstall", release, "--namespace", namespace, "--ignore-not-found", check=False)
 
 
-# --- tests --------------------------------------------------------------------------------
+def bundled(control_plane: ControlPlane, namespace: str, release: str, token: str) -> InfluxDB:
+    """The chart's InfluxDB, as the test reads it: through its Service's cluster IP (kube-proxy routes the host too)."""
+    service = control_plane.kube.get(f"/api/v1/namespaces/{namespace}/services/{release}-influxdb")
+    db = InfluxDB(port=8086, host=service["spec"]["clusterIP"], org="happy", bucket="observatory", token=token)
+    wait_until(lambda: db.call("GET", "/health").get("status") == "pass", timeout=WAIT, what="the bundled InfluxDB")
+    assert not db.call("GET", "/api/v2/setup").get("allowed"), "the chart's Job set it up"
+    return db
+
+
+# --- tests ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def agents_namespace(namespaces: Any) -> str:
+    """Where the collector and its agents go: `privileged` (hostPath /proc, /sys, /), warning at baseline."""
+    return str(namespaces("agents", PSA_AGENTS))
+
+
+@pytest.fixture
+def operator_namespace(namespace: str, control_plane: ControlPlane) -> str:
+    """The release namespace, enforcing `restricted`: the chart's operator (and its InfluxDB) must pass it."""
+    control_plane.kube.patch(f"/api/v1/namespaces/{namespace}", {"metadata": {"labels": PSA_OPERATOR}}, "merge")
+    return namespace
 
 
 def test_chart_lints_for_the_bed_kubernetes(control_plane: ControlPlane, helm_cli: Helm) -> None:
@@ -332,23 +418,64 @@ def test_chart_lints_for_the_bed_kubernetes(control_plane: ControlPlane, helm_cl
 
 
 def test_install_collect_uninstall_with_namespace_role(
-    control_plane: ControlPlane, nodes: Nodes, influxdb: InfluxDB, namespace: str, helm_cli: Helm, bed_root: Path
+    control_plane: ControlPlane,
+    nodes: Nodes,
+    influxdb: InfluxDB,
+    operator_namespace: str,
+    agents_namespace: str,
+    helm_cli: Helm,
+    bed_root: Path,
 ) -> None:
     install_collect_uninstall(
-        control_plane, nodes, influxdb, namespace, helm_cli, bed_root, watch_namespaces=[namespace]
-    )
+        control_plane, nodes, influxdb, operator_namespace, agents_namespace, helm_cli, bed_root,
+        watch_namespaces=[agents_namespace],
+    )  # fmt: skip
 
 
 def test_install_collect_uninstall_watching_all_namespaces(
-    control_plane: ControlPlane, nodes: Nodes, influxdb: InfluxDB, namespace: str, helm_cli: Helm, bed_root: Path
+    control_plane: ControlPlane,
+    nodes: Nodes,
+    influxdb: InfluxDB,
+    operator_namespace: str,
+    agents_namespace: str,
+    helm_cli: Helm,
+    bed_root: Path,
 ) -> None:
-    install_collect_uninstall(control_plane, nodes, influxdb, namespace, helm_cli, bed_root, watch_namespaces=[])
+    install_collect_uninstall(
+        control_plane, nodes, influxdb, operator_namespace, agents_namespace, helm_cli, bed_root, watch_namespaces=[]
+    )
 
 
 def test_install_collect_uninstall_with_peering_replicas(
-    control_plane: ControlPlane, nodes: Nodes, influxdb: InfluxDB, namespace: str, helm_cli: Helm, bed_root: Path
+    control_plane: ControlPlane,
+    nodes: Nodes,
+    influxdb: InfluxDB,
+    operator_namespace: str,
+    agents_namespace: str,
+    helm_cli: Helm,
+    bed_root: Path,
 ) -> None:
     """Two replicas: kopf peering (the chart's KopfPeering and its RBAC) keeps one writer, and the flow still works."""
     install_collect_uninstall(
-        control_plane, nodes, influxdb, namespace, helm_cli, bed_root, watch_namespaces=[namespace], replicas=2
-    )
+        control_plane, nodes, influxdb, operator_namespace, agents_namespace, helm_cli, bed_root,
+        watch_namespaces=[agents_namespace], replicas=2,
+    )  # fmt: skip
+
+
+def test_install_with_the_bundled_influxdb_as_a_pod(
+    control_plane: ControlPlane,
+    nodes: Nodes,
+    influxdb: InfluxDB,
+    operator_namespace: str,
+    agents_namespace: str,
+    helm_cli: Helm,
+    bed_root: Path,
+) -> None:
+    """influxdb.enabled: the chart's InfluxDB (the bed's influxd in an image) set up by the chart's Job;
+    agents reach it by its Service name through cluster DNS."""
+    if nodes.mode != REAL:
+        pytest.skip("needs real nodes: the simulator runs only the project image")
+    install_collect_uninstall(
+        control_plane, nodes, influxdb, operator_namespace, agents_namespace, helm_cli, bed_root,
+        watch_namespaces=[agents_namespace], bundled_influxdb=True,
+    )  # fmt: skip

@@ -1,8 +1,9 @@
 """Build the test environment's binaries from upstream sources into a versioned cache.
 
-There is no container engine on these machines, so kube-apiserver, the controller-manager,
-the scheduler, kubectl, etcd, Helm and influxd are compiled from the Go module proxy (and,
-for influxd's flux core, crates.io). Each component lands in
+Only package registries are reachable from these machines, so the control plane (kube-apiserver,
+the controller-manager, the scheduler), the node components (kubelet, kube-proxy, CoreDNS,
+crictl), kubectl, etcd, Helm and influxd are compiled from the Go module proxy (and, for
+influxd's flux core, crates.io); container images come from ``images.py``. Each component lands in
 ``$HAPPY_OBSERVATORY_CACHE/<component>-<version>/bin`` and is built only when a binary is
 missing, so CI rebuilds nothing on a warm machine.
 
@@ -284,14 +285,6 @@ def build_helm(comp: Component, work: Path, log: Path) -> None:
     _go_install(comp, work, log, f"{module}/cmd/helm", ldflags)
 
 
-def build_coredns(comp: Component, work: Path, log: Path) -> None:
-    _go_install(comp, work, log, "github.com/coredns/coredns")
-
-
-def build_crictl(comp: Component, work: Path, log: Path) -> None:
-    _go_install(comp, work, log, "sigs.k8s.io/cri-tools/cmd/crictl")
-
-
 def build_influxdb(comp: Component, work: Path, log: Path) -> None:
     tools = work / "tools"
     tools.mkdir()
@@ -351,34 +344,24 @@ def build_influxdb(comp: Component, work: Path, log: Path) -> None:
 
 
 GO_TOOLS = {
+    "coredns": "github.com/coredns/coredns",
+    "cri-tools": "sigs.k8s.io/cri-tools/cmd/crictl",
     "actionlint": "github.com/rhysd/actionlint/cmd/actionlint",
     "helm-docs": "github.com/norwoodj/helm-docs/cmd/helm-docs",
 }
-"""Developer tools that are one `go install` of a module's command."""
+"""Components that are one `go install` of a module's command: the bed's cluster DNS and CRI client, developer tools."""
 
 
 def build_go_tool(comp: Component, work: Path, log: Path) -> None:
-    out = work / "out" / "bin"
-    out.mkdir(parents=True)
-    env = _go_env({"CGO_ENABLED": "0", "GOBIN": str(out)})
-    env.pop("GOFLAGS")
-    package = GO_TOOLS[comp.name]
-    _run(
-        ["go", "install", "-trimpath", "-ldflags", "-s -w", f"{package}@{comp.version}"],
-        cwd=work,
-        env=env,
-        log=log,
-        step=f"go install {package}",
-    )
-    _install(work / "out", comp)
+    _go_install(comp, work, log, GO_TOOLS[comp.name])
 
 
 BUILDERS = {
     "kubernetes": build_kubernetes,
     "etcd": build_etcd,
     "helm": build_helm,
-    "coredns": build_coredns,
-    "cri-tools": build_crictl,
+    "coredns": build_go_tool,
+    "cri-tools": build_go_tool,
     "influxdb": build_influxdb,
     "actionlint": build_go_tool,
     "helm-docs": build_go_tool,

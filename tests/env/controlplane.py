@@ -230,7 +230,9 @@ class ControlPlane:
         if self.address == "127.0.0.1":
             # Simulated nodes: nothing in a pod needs the `kubernetes` Service, which cannot point at loopback.
             return ["--endpoint-reconciler-type=none"]
-        crt, key = issue_cert(self.pki, "apiserver-kubelet-client", "kube-apiserver-kubelet-client", orgs=("system:masters",))
+        crt, key = issue_cert(
+            self.pki, "apiserver-kubelet-client", "kube-apiserver-kubelet-client", orgs=("system:masters",)
+        )
         return [
             # Pods reach the API server through the `kubernetes` Service, kept current by this lease.
             "--endpoint-reconciler-type=lease",

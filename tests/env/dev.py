@@ -1,7 +1,21 @@
-"""`make dev`: control plane, three simulated nodes, InfluxDB, CRDs, examples and the operator until Ctrl-C.
+"""`make dev`: a local cluster with the product installed as users install it, until Ctrl-C.
 
-State lives in ``.dev/`` at the repository root (gitignored) and is recreated on every run;
-logs stay in ``.dev/logs`` after exit for a post-mortem.
+As root (the normal case here) the nodes are real: three kubelets with containerd running the
+image built from ``docker/Dockerfile`` (one node tainted ``dedicated=gpu:NoSchedule``), with
+kube-proxy and cluster DNS; otherwise they are simulated and the project's pods run as local
+processes. The first line says which. Then:
+
+* namespace ``observatory`` (Pod Security: restricted): ``helm install`` of the chart, so the
+  operator runs in the cluster under the chart's RBAC (``--operator local`` runs it as a
+  process here instead, for quick iteration on its code);
+* namespace ``monitoring`` (Pod Security: privileged, warn baseline — agents mount the host's
+  /proc, /sys and /): ``examples/*.yaml`` applied as they are, with the ``influxdb-auth`` Secret;
+* InfluxDB 2.7 on this host, behind a Service ``influxdb`` in ``monitoring`` so the examples'
+  ``http://influxdb.monitoring.svc:8086`` works unchanged from the pods.
+
+State lives in ``.dev/`` (recreated on every run); logs stay in ``.dev/logs`` after exit. On
+Ctrl-C or SIGTERM every pod sandbox, process, mount, bridge and iptables rule the bed made is
+removed, and the host is audited: the last line says "nothing left behind" or names what is.
 """
 
 from __future__ import annotations
@@ -15,6 +29,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import FrameType
@@ -22,12 +37,17 @@ from typing import Any
 
 import yaml
 
+from tests.env import build, realnodes
 from tests.env.controlplane import ControlPlane
 from tests.env.influx import InfluxDB
-from tests.env.kube import ApiError, Kube
+from tests.env.kube import PSA_AGENTS, PSA_OPERATOR, ApiError, Kube
 from tests.env.nodesim import REPO, VENV_BIN, NodeSimulator, default_nodes
 from tests.env.procs import Process, free_port, wait_for
 
+OPERATOR_NAMESPACE = "observatory"
+AGENTS_NAMESPACE = "monitoring"
+RELEASE = "happy-observatory"
+CHART = REPO / "helm" / "happy-observatory"
 # Objects that others refer to go first, so a collector never waits for its ConfigMap.
 _APPLY_ORDER = {"Namespace": 0, "CustomResourceDefinition": 1, "ConfigMap": 2, "Secret": 2}
 
@@ -57,23 +77,45 @@ def install_crds(kube: Kube, crd_dir: Path, timeout: float = 30.0) -> list[str]:
     return names
 
 
-def point_examples_at_local_influxdb(kube: Kube, influx: InfluxDB, namespace: str = "default") -> None:
-    """The examples target an in-cluster InfluxDB; locally there is this one (and its token Secret)."""
+def ensure_namespace(kube: Kube, name: str, labels: dict[str, str]) -> None:
+    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}})
+    wait_for(
+        lambda: kube.exists(f"/api/v1/namespaces/{name}/serviceaccounts/default"),
+        timeout=30,
+        what=f"the default ServiceAccount in {name}",
+    )
+
+
+def publish_influxdb(kube: Kube, influx: InfluxDB, namespace: str) -> None:
+    """A Service ``influxdb`` in ``namespace`` whose endpoint is the InfluxDB on this host (as for any external DB)."""
     kube.apply(
         {
             "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "influxdb-auth", "namespace": namespace},
-            "stringData": {"token": influx.token},
+            "kind": "Service",
+            "metadata": {"name": "influxdb", "namespace": namespace},
+            "spec": {"ports": [{"name": "http", "port": 8086, "targetPort": influx.port, "protocol": "TCP"}]},
         }
     )
-    path = f"/api/v1/namespaces/{namespace}/configmaps/observatory-shared-config"
-    if kube.exists(path):
-        local = {"influxdb_url": influx.url, "influxdb_org": influx.org, "influxdb_bucket": influx.bucket}
-        kube.patch(path, {"data": local}, "merge")
+    kube.apply(
+        {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": "influxdb-host",
+                "namespace": namespace,
+                "labels": {
+                    "kubernetes.io/service-name": "influxdb",
+                    "endpointslice.kubernetes.io/managed-by": "happy-observatory-testenv",
+                },
+            },
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [influx.host], "conditions": {"ready": True}}],
+            "ports": [{"name": "http", "port": influx.port, "protocol": "TCP"}],
+        }
+    )
 
 
-def apply_examples(kube: Kube, examples: Path, namespace: str = "default") -> list[str]:
+def apply_examples(kube: Kube, examples: Path, namespace: str) -> list[str]:
     """Apply every document of ``examples/*.yaml``; report (not raise) the ones refused."""
     docs: list[dict[str, Any]] = []
     for path in sorted(examples.glob("*.yaml")):
@@ -90,111 +132,266 @@ def apply_examples(kube: Kube, examples: Path, namespace: str = "default") -> li
     return applied
 
 
-def start_operator(kubeconfig: Path, logs: Path, influx: InfluxDB) -> Process | None:
-    """Run the operator from the venv if it exists and keeps running; say why not otherwise."""
+def helm_install(cp: ControlPlane, state: Path, *, cluster: str) -> None:
+    """The chart as users install it; the shared-config and token come from the examples and the bed."""
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(cp.kubeconfig),
+        "HELM_CACHE_HOME": str(state / "helm" / "cache"),
+        "HELM_CONFIG_HOME": str(state / "helm" / "config"),
+        "HELM_DATA_HOME": str(state / "helm" / "data"),
+    }
+    argv = [
+        str(build.binary("helm")),
+        "install",
+        RELEASE,
+        str(CHART),
+        "--namespace",
+        OPERATOR_NAMESPACE,
+        # examples/shared-config.yaml is applied into the agents' namespace instead.
+        "--set",
+        "sharedConfig.create=false",
+        "--set-string",
+        f"sharedConfig.data.cluster_name={cluster}",
+        "--wait",
+        "--timeout",
+        "180s",
+    ]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=240, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"helm install failed:\n{done.stdout}{done.stderr}")
+
+
+def start_local_operator(kubeconfig: Path, logs: Path) -> Process | None:
+    """The operator as a process of this checkout (``--operator local``)."""
     exe = VENV_BIN / "observatory-operator"
     if not exe.exists():
         print("  operator: not installed in .venv (skipped)", flush=True)
         return None
-    env = dict(os.environ)
-    env.update(
-        KUBECONFIG=str(kubeconfig),
-        PYTHONUNBUFFERED="1",
-        INFLUXDB_URL=influx.url,
-        INFLUXDB_ORG=influx.org,
-        INFLUXDB_BUCKET=influx.bucket,
-    )
-    argv = [str(exe)]
-    helptext = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=False, env=env).stdout
-    if "--all-namespaces" in helptext:
-        argv.append("--all-namespaces")  # the examples live in `default`; watch everything anyway
-    if "--liveness" in helptext:
-        # On loopback and a free port: a wildcard :8080 would shadow every pod IP's :8080.
-        argv += ["--liveness", f"http://127.0.0.1:{free_port()}/healthz"]
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1"}
+    # Liveness on loopback and a free port: a wildcard :8080 would clash with whatever else listens.
+    argv = [str(exe), "--all-namespaces", "--liveness", f"http://127.0.0.1:{free_port()}/healthz"]
     proc = Process("observatory-operator", argv, log=logs / "operator.log", env=env, cwd=REPO)
     proc.start()
-    time.sleep(3)  # an unfinished operator exits at once; a real one keeps running
+    time.sleep(3)  # an operator that cannot start exits at once
     if not proc.alive():
-        last = proc.tail(1).strip() or f"exit code {proc.returncode()}"
-        print(f"  operator: exited at start ({last}); see {proc.log}", flush=True)
+        print(f"  operator: exited at start ({proc.tail(1).strip()}); see {proc.log}", flush=True)
         proc.stop()
         return None
-    print(f"  operator: running (pid {proc.pid}), log {proc.log}", flush=True)
+    print(f"  operator: running locally (pid {proc.pid}), log {proc.log}", flush=True)
     return proc
 
 
+class Bed:
+    """The pieces of one `make dev` run, stopped in reverse order whatever happened."""
+
+    def __init__(self, state: Path, mode: str, node_count: int) -> None:
+        self.state = state
+        self.logs = state / "logs"
+        self.mode = mode
+        self.node_count = node_count
+        self.host: realnodes.HostNetwork | None = None
+        self.cp: ControlPlane | None = None
+        self.influx: InfluxDB | None = None
+        self.real: realnodes.RealNodes | None = None
+        self.sim: NodeSimulator | None = None
+        self.operator: Process | None = None
+
+    def start(self) -> None:
+        address = "127.0.0.1"
+        if self.mode == "real":
+            specs = realnodes.default_specs(self.node_count)
+            self.host = realnodes.open_host(self.state, specs)
+            address = realnodes.BED_IP
+            self.real = realnodes.RealNodes(
+                ControlPlane(self.state / "control-plane", logs_dir=self.logs, address=address),
+                self.host,
+                self.state / "nodes",
+                self.logs,
+                specs=specs,
+            )
+            self.cp = self.real.control_plane
+        else:
+            self.cp = ControlPlane(self.state / "control-plane", logs_dir=self.logs)
+        port = 8086 if _port_free(address, 8086) else free_port(address)
+        self.influx = InfluxDB(self.state / "influxdb", logs_dir=self.logs, port=port, host=address)
+        self.influx.launch()  # influxd starts while the rest does
+        if self.real is not None:
+            self.real.start_runtimes()
+            loading = _Background(self.real.load_images)  # images load while the control plane starts
+            self.cp.start()
+            loading.join()
+            self.real.start()
+        else:
+            self.cp.start()
+            self.sim = NodeSimulator(
+                self.cp.kube, logs_dir=self.logs, work_dir=self.state / "nodes", nodes=default_nodes(self.node_count)
+            )
+            self.sim.start()
+        self.influx.wait_ready()
+
+    def stop(self) -> list[str]:
+        """Everything down; returns what the host audit found left behind (real nodes only)."""
+        problems: list[str] = []
+        if self.operator is not None:
+            self.operator.stop()
+        if self.real is not None:
+            problems += self.real.stop()
+        if self.sim is not None:
+            self.sim.stop()
+        if self.cp is not None:
+            self.cp.stop()
+        if self.influx is not None:
+            self.influx.stop()
+        if self.host is not None:
+            problems += realnodes.close_host(self.host)
+        return problems
+
+
+class _Background(threading.Thread):
+    """A call on another thread whose exception is raised again by ``join()``."""
+
+    def __init__(self, target: Any) -> None:
+        super().__init__(daemon=True)
+        self._call = target
+        self._error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self._call()
+        except BaseException as exc:
+            self._error = exc
+
+    def join(self, timeout: float | None = None) -> None:
+        super().join(timeout)
+        if self._error is not None:
+            raise self._error
+
+
+def install_product(bed: Bed, mode: str, operator: str) -> None:
+    """CRDs, the two namespaces, the token Secret, the examples and the operator (chart or local)."""
+    assert bed.cp is not None
+    assert bed.influx is not None
+    kube, influx = bed.cp.kube, bed.influx
+    crds = install_crds(kube, REPO / "crds")
+    print(f"✓ CRDs installed: {', '.join(crds) or 'none in crds/'}", flush=True)
+    ensure_namespace(kube, OPERATOR_NAMESPACE, PSA_OPERATOR)
+    ensure_namespace(kube, AGENTS_NAMESPACE, PSA_AGENTS)
+    print(f"✓ namespaces {OPERATOR_NAMESPACE} (restricted) and {AGENTS_NAMESPACE} (privileged, warn baseline)")
+    kube.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "influxdb-auth", "namespace": AGENTS_NAMESPACE},
+            "stringData": {"token": influx.token},
+        }
+    )
+    applied = apply_examples(kube, REPO / "examples", AGENTS_NAMESPACE)
+    shared = f"/api/v1/namespaces/{AGENTS_NAMESPACE}/configmaps/observatory-shared-config"
+    target = {"influxdb_org": influx.org, "influxdb_bucket": influx.bucket}
+    if mode == "real":
+        publish_influxdb(kube, influx, AGENTS_NAMESPACE)
+    else:
+        # Simulated pods are processes on this host: they reach InfluxDB directly, not through DNS.
+        target["influxdb_url"] = influx.url
+    if kube.exists(shared):
+        kube.patch(shared, {"data": target}, "merge")
+    print(f"✓ examples applied in {AGENTS_NAMESPACE}: {', '.join(applied) or 'none'}", flush=True)
+    if operator == "chart":
+        helm_install(bed.cp, bed.state, cluster="dev")
+        print(f"✓ helm install {RELEASE} -n {OPERATOR_NAMESPACE}: the operator runs in the cluster", flush=True)
+    elif operator == "local":
+        bed.operator = start_local_operator(bed.cp.kubeconfig, bed.logs)
+
+
+def choose_mode(requested: str) -> tuple[str, str]:
+    """(mode, why) for ``--nodes-mode auto|real|simulated``."""
+    why = realnodes.unavailable_reason()
+    if requested == "real" and why:
+        raise SystemExit(f"real nodes cannot run here: {why}")
+    if requested == "simulated":
+        return "simulated", "asked for"
+    if why:
+        return "simulated", why
+    return "real", "kubelet + containerd, the image built from docker/Dockerfile"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--state", type=Path, default=REPO / ".dev", help="state directory (recreated)")
     parser.add_argument("--nodes", type=int, default=3)
-    parser.add_argument("--no-operator", action="store_true", help="do not start the operator")
+    parser.add_argument(
+        "--nodes-mode",
+        choices=("auto", "real", "simulated"),
+        default=os.environ.get("HAPPY_OBSERVATORY_NODES", "auto") or "auto",
+        help="real kubelets (root) or simulated ones; auto: real when this machine can run them",
+    )
+    parser.add_argument(
+        "--operator",
+        choices=("chart", "local", "none"),
+        default="chart",
+        help="chart: helm install (operator in the cluster); local: a process of this checkout; none",
+    )
     parser.add_argument("--exit-after-ready", action="store_true", help="tear down once ready (smoke test)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
+    mode, why = choose_mode(args.nodes_mode)
+    print(f"nodes: {mode} ({why})", flush=True)
     state: Path = args.state.resolve()
     shutil.rmtree(state, ignore_errors=True)
-    logs = state / "logs"
-    logs.mkdir(parents=True)
+    (state / "logs").mkdir(parents=True)
 
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)
     started = time.monotonic()
-    cp = ControlPlane(state / "control-plane", logs_dir=logs)
-    influx = InfluxDB(state / "influxdb", logs_dir=logs, port=8086 if _port_free(8086) else free_port())
-    sim: NodeSimulator | None = None
-    operator: Process | None = None
+    bed = Bed(state, mode, args.nodes)
+    code = 0
     try:
-        influx.launch()  # influxd starts while the control plane does
-        cp.start()
-        sim = NodeSimulator(cp.kube, logs_dir=logs, work_dir=state / "nodes", nodes=default_nodes(args.nodes))
-        sim.start()
-        influx.wait_ready()
-        ready = time.monotonic() - started
-        print(f"✓ control plane, {args.nodes} nodes and InfluxDB ready in {ready:.1f}s", flush=True)
-        crds = install_crds(cp.kube, REPO / "crds")
-        print(f"✓ CRDs installed: {', '.join(crds) or 'none in crds/'}", flush=True)
-        applied = apply_examples(cp.kube, REPO / "examples")
-        point_examples_at_local_influxdb(cp.kube, influx)
-        print(f"✓ examples applied: {', '.join(applied) or 'none'}", flush=True)
-        print(f"  (Secret influxdb-auth and the shared-config's InfluxDB point at {influx.url})", flush=True)
-        if not args.no_operator:
-            operator = start_operator(cp.kubeconfig, logs, influx)
+        bed.start()
+        assert bed.cp is not None
+        assert bed.influx is not None
+        influx = bed.influx
+        print(f"✓ control plane, {args.nodes} {mode} nodes and InfluxDB ready in {time.monotonic() - started:.1f}s")
+        install_product(bed, mode, args.operator)
         print(
             "\nThe environment is up. In another shell:\n\n"
-            f"  export KUBECONFIG={cp.kubeconfig}\n"
+            f"  export KUBECONFIG={bed.cp.kubeconfig}\n"
             f"  export INFLUXDB_URL={influx.url} INFLUXDB_ORG={influx.org} "
             f"INFLUXDB_BUCKET={influx.bucket} INFLUXDB_TOKEN={influx.token}\n\n"
-            f"kubectl: {cp.kubectl_path}\nlogs: {logs} (pods: {logs / 'pods'})\n\nCtrl-C to stop.",
+            f"  {bed.cp.kubectl_path} get observatory -A\n\n"
+            f"logs: {bed.logs}\n\nCtrl-C to stop.",
             flush=True,
         )
         if args.exit_after_ready:
             return 0
         while True:
             time.sleep(1)
-            if not cp.running():
+            if not bed.cp.running():
                 print("a control-plane process exited; see the logs above. Stopping.", file=sys.stderr)
                 return 1
     except _Stop:
         print("\nstopping…", flush=True)
         return 0
     finally:
-        # Ignore a second Ctrl-C while tearing down: a half teardown is what leaves processes behind.
+        # Ignore a second Ctrl-C while tearing down: a half teardown is what leaves things behind.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        if operator is not None:
-            operator.stop()
-        if sim is not None:
-            sim.stop()
-        cp.stop()
-        influx.stop()
-        print(f"stopped; logs kept in {logs}", flush=True)
+        left = bed.stop()
+        if left:
+            print("left behind:\n  " + "\n  ".join(left), file=sys.stderr, flush=True)
+            code = 1
+        else:
+            print(f"stopped, nothing left behind; logs kept in {bed.logs}", flush=True)
+        if code:
+            sys.exit(code)
 
 
-def _port_free(port: int) -> bool:
+def _port_free(host: str, port: int) -> bool:
     with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
         try:
-            sock.bind(("127.0.0.1", port))
+            sock.bind((host, port))
         except OSError:
             return False
     return True

@@ -72,6 +72,17 @@ def nodes_mode() -> str:
     return REAL if realnodes.unavailable_reason() is None else SIMULATED
 
 
+@dataclass(frozen=True)
+class NodeInfo:
+    """One node as tests see it, whichever kind runs it."""
+
+    name: str
+    ip: str
+    zone: str
+    pool: str
+    taints: tuple[tuple[str, str, str], ...]
+
+
 @dataclass
 class Nodes:
     """The session's nodes: real kubelets (``real``) or the simulator's, behind one interface."""
@@ -86,31 +97,31 @@ class Nodes:
         return REAL if self.real is not None else SIMULATED
 
     @property
-    def names(self) -> list[str]:
+    def all(self) -> list[NodeInfo]:
         if self.real is not None:
-            return [n.name for n in self.real.nodes]
+            return [NodeInfo(n.name, n.spec.ip, n.spec.zone, n.spec.pool, n.spec.taints) for n in self.real.nodes]
         assert self.simulator is not None
-        return [n.name for n in self.simulator.nodes]
+        return [NodeInfo(n.name, n.ip, n.zone, n.pool, n.taints) for n in self.simulator.nodes]
 
     @property
-    def _tainted(self) -> list[tuple[str, tuple[tuple[str, str, str], ...]]]:
-        if self.real is not None:
-            return [(n.name, n.spec.taints) for n in self.real.tainted]
-        assert self.simulator is not None
-        return [(n.name, n.taints) for n in self.simulator.tainted]
+    def names(self) -> list[str]:
+        return [n.name for n in self.all]
+
+    @property
+    def startup_seconds(self) -> float:
+        return self.real.startup_seconds if self.real is not None else self.simulator.startup_seconds  # type: ignore[union-attr]
 
     @property
     def tainted(self) -> str:
-        return self._tainted[0][0]
+        return next(n.name for n in self.all if n.taints)
 
     @property
     def untainted(self) -> list[str]:
-        tainted = {name for name, _ in self._tainted}
-        return [n for n in self.names if n not in tainted]
+        return [n.name for n in self.all if not n.taints]
 
     @property
     def taint(self) -> tuple[str, str, str]:
-        return self._tainted[0][1][0]
+        return next(n.taints[0] for n in self.all if n.taints)
 
     @property
     def toleration(self) -> dict[str, str]:
@@ -121,6 +132,12 @@ class Nodes:
         """A container's output as ``kubectl logs`` shows it (through the API server and the node)."""
         query = {"container": container, **({"previous": "true"} if previous else {})}
         return self.kube.text(f"/api/v1/namespaces/{namespace}/pods/{pod}/log", **query)
+
+    def pod_log(self, namespace: str, pod: str, container: str) -> Path:
+        """Simulated nodes only: the file a project container's process writes (``logs()`` works for both)."""
+        if self.simulator is None:
+            raise TypeError("pod_log() is the simulator's; use logs() on real nodes")
+        return self.simulator.pod_log(namespace, pod, container)
 
     def exec(self, namespace: str, pod: str, container: str, *command: str, check: bool = False) -> Any:
         """``kubectl exec`` (real nodes only: the simulator's kubelets do not serve exec)."""
@@ -147,21 +164,14 @@ def host_network(bed_mode: str, bed_root: Path) -> Iterator[realnodes.HostNetwor
     if bed_mode != REAL:
         yield None
         return
-    host = realnodes.HostNetwork()
-    host.acquire()
+    host = realnodes.open_host(bed_root, realnodes.default_specs())
+    left: list[str] = []
     try:
-        specs = realnodes.default_specs()
-        cleared = host.clear_stale([realnodes.node_cache(s.name) for s in specs])
-        if cleared:
-            print(f"cleared what an earlier bed left: {', '.join(cleared)}")
-        host.up([bed_root, realnodes.RUN_DIR / "nodes", *(realnodes.node_cache(s.name) for s in specs)])
         yield host
-        host.down()
-        left = host.audit()
-        if left:
-            raise realnodes.BedError("the bed left things behind:\n  " + "\n  ".join(left))
     finally:
-        host.release()
+        left = realnodes.close_host(host)
+    if left:
+        raise realnodes.BedError("the bed left things behind:\n  " + "\n  ".join(left))
 
 
 @pytest.fixture(scope="session")
@@ -178,9 +188,7 @@ def control_plane(bed_root: Path, host_network: realnodes.HostNetwork | None) ->
 
 
 @pytest.fixture(scope="session")
-def nodes(
-    control_plane: ControlPlane, bed_root: Path, host_network: realnodes.HostNetwork | None
-) -> Iterator[Nodes]:
+def nodes(control_plane: ControlPlane, bed_root: Path, host_network: realnodes.HostNetwork | None) -> Iterator[Nodes]:
     if host_network is not None:
         real = realnodes.RealNodes(control_plane, host_network, bed_root / "nodes", bed_root / "logs")
         try:
@@ -219,24 +227,54 @@ def influxdb(bed_root: Path, host_network: realnodes.HostNetwork | None) -> Iter
         db.close()
 
 
-@pytest.fixture
-def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> Iterator[str]:
-    kube = control_plane.kube
-    slug = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
-    name = f"{slug}-{secrets.token_hex(3)}"
-    kube.create("/api/v1/namespaces", {"metadata": {"name": name, "labels": {"happy-observatory/test": "true"}}})
-    # ServiceAccount admission refuses pods until the controller-manager has made `default`.
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:40].strip("-")
+
+
+def create_namespace(kube: Kube, name: str, labels: dict[str, str] | None = None) -> str:
+    """A namespace ready for pods (ServiceAccount admission refuses them until `default` exists)."""
+    kube.create(
+        "/api/v1/namespaces",
+        {"metadata": {"name": name, "labels": {"happy-observatory/test": "true", **(labels or {})}}},
+    )
     wait_for(
         lambda: kube.exists(f"/api/v1/namespaces/{name}/serviceaccounts/default"),
         timeout=30,
         what=f"the default ServiceAccount in {name}",
     )
+    return name
+
+
+def _delete_namespaces(kube: Kube, names: list[str]) -> None:
+    # Not waited for: the namespace controller and the nodes finish it in the background.
+    for name in names:
+        with contextlib.suppress(ApiError, OSError):
+            kube.delete(f"/api/v1/namespaces/{name}")
+
+
+@pytest.fixture
+def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> Iterator[str]:
+    name = create_namespace(control_plane.kube, f"{_slug(request.node.name)}-{secrets.token_hex(3)}")
     try:
         yield name
     finally:
-        # Not waited for: the namespace controller and the simulator finish it in the background.
-        with contextlib.suppress(ApiError, OSError):
-            kube.delete(f"/api/v1/namespaces/{name}")
+        _delete_namespaces(control_plane.kube, [name])
+
+
+@pytest.fixture
+def namespaces(control_plane: ControlPlane, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A factory of extra fresh namespaces: ``namespaces("agents", labels)`` → name; all deleted afterwards."""
+    made: list[str] = []
+
+    def make(purpose: str, labels: dict[str, str] | None = None) -> str:
+        name = f"{_slug(request.node.name)[:30].strip('-')}-{purpose}-{secrets.token_hex(3)}"
+        made.append(create_namespace(control_plane.kube, name, labels))
+        return name
+
+    try:
+        yield make
+    finally:
+        _delete_namespaces(control_plane.kube, made)
 
 
 @pytest.fixture(scope="session")
@@ -316,4 +354,16 @@ def wait_until(check: Any, timeout: float = 60.0, what: str = "condition", inter
     return wait_for(check, timeout=timeout, what=what, interval=interval)
 
 
-__all__ = ["Nodes", "bed_mode", "control_plane", "helm", "host_network", "influxdb", "namespace", "nodes", "wait_until"]
+__all__ = [
+    "Nodes",
+    "bed_mode",
+    "control_plane",
+    "create_namespace",
+    "helm",
+    "host_network",
+    "influxdb",
+    "namespace",
+    "namespaces",
+    "nodes",
+    "wait_until",
+]

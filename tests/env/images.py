@@ -127,14 +127,16 @@ def _podman(*args: str) -> list[str]:
 
 
 def image_id(ref: str) -> str | None:
-    proc = subprocess.run(_podman("image", "inspect", "--format", "{{.Id}}", ref), capture_output=True, text=True)
+    proc = subprocess.run(
+        _podman("image", "inspect", "--format", "{{.Id}}", ref), capture_output=True, text=True, check=False
+    )
     if proc.returncode != 0:
         return None
     return proc.stdout.strip() or None
 
 
 def _label(ref: str, key: str) -> str | None:
-    proc = subprocess.run(_podman("image", "inspect", ref), capture_output=True, text=True)
+    proc = subprocess.run(_podman("image", "inspect", ref), capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         return None
     labels = (json.loads(proc.stdout)[0].get("Labels")) or {}
@@ -170,7 +172,7 @@ def ensure_base() -> str:
             "--variant=minbase",
             "--format=tar",
             f"--include={','.join(BASE_PACKAGES)}",
-            "--aptopt=Acquire::Languages \"none\"",
+            '--aptopt=Acquire::Languages "none"',
             *[f"--dpkgopt=path-exclude={p}" for p in _EXCLUDES],
             "--customize-hook=rm -rf $1/var/lib/apt/lists/* $1/var/cache/apt/*",
             SUITE,

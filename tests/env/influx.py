@@ -84,8 +84,8 @@ class InfluxDB:
         assert self.process is not None, "launch() first"
         try:
             wait_for(self._healthy, timeout=timeout, what=f"influxd /health (log: {self.process.log})")
-            if self._call("GET", "/api/v2/setup").get("allowed"):
-                self._call(
+            if self.call("GET", "/api/v2/setup").get("allowed"):
+                self.call(
                     "POST",
                     "/api/v2/setup",
                     {
@@ -104,9 +104,9 @@ class InfluxDB:
     def _healthy(self) -> bool:
         if self.process is not None and not self.process.alive():
             raise RuntimeError(f"influxd exited with {self.process.returncode()}:\n{self.process.tail()}")
-        return self._call("GET", "/health").get("status") == "pass"
+        return self.call("GET", "/health").get("status") == "pass"
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         req = urllib.request.Request(
             self.url + path,
             method=method,

@@ -26,6 +26,21 @@ Obj = dict[str, Any]
 
 FIELD_MANAGER = "happy-observatory-testenv"
 
+PSA_OPERATOR: dict[str, str] = {
+    "pod-security.kubernetes.io/enforce": "restricted",
+    "pod-security.kubernetes.io/warn": "restricted",
+    "pod-security.kubernetes.io/audit": "restricted",
+}
+"""Pod Security labels of the operator's namespace: nothing there needs more than `restricted`."""
+PSA_AGENTS: dict[str, str] = {
+    "pod-security.kubernetes.io/enforce": "privileged",
+    "pod-security.kubernetes.io/warn": "baseline",
+    "pod-security.kubernetes.io/audit": "baseline",
+}
+"""Pod Security labels of the agents' namespace: agents mount the host's /proc, /sys and / (hostPath) and may
+use the host's network and PID namespaces, which only `privileged` admits; `warn: baseline` still names
+every other pod there that asks for more than baseline."""
+
 
 class ApiError(Exception):
     """A non-2xx answer from the API server, with its Status message."""

@@ -1,4 +1,4 @@
-"""Real nodes on this host: per node a kubelet with its own containerd, CNI bridge and subnet; per bed one kube-proxy and CoreDNS.
+"""Real nodes on this host: per node a kubelet, its own containerd, CNI bridge and subnet; kube-proxy and CoreDNS.
 
 What a cluster gives pods, this gives them too: the project image built from
 ``docker/Dockerfile`` runs in real containers (runc) with the pod's securityContext, resource
@@ -35,14 +35,12 @@ import fcntl
 import json
 import logging
 import os
-import re
 import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +50,7 @@ import yaml
 from tests.env import build, images
 from tests.env.controlplane import ControlPlane, issue_cert, write_kubeconfig
 from tests.env.kube import ApiError, Kube
+from tests.env.nodesim import POOL_LABEL, ZONE_LABEL, default_nodes
 from tests.env.procs import Process, free_port, wait_for
 
 log = logging.getLogger("happy-observatory.realnodes")
@@ -68,8 +67,6 @@ KUBELET_CHAINS = ("KUBE-FIREWALL", "KUBE-KUBELET-CANARY", "KUBE-IPTABLES-HINT")
 RUN_DIR = Path("/run/happy-observatory")
 LOCK_FILE = RUN_DIR / "realnodes.lock"
 CNI_BIN_DIR = Path("/usr/lib/cni")
-POOL_LABEL = "happypatterns.org/pool"
-ZONE_LABEL = "topology.kubernetes.io/zone"
 REQUIRED_TOOLS = ("containerd", "runc", "ctr", "iptables", "ip", "podman", "mmdebstrap", "conntrack")
 
 
@@ -153,8 +150,22 @@ def _mounts_under(roots: Iterable[Path]) -> list[str]:
     return found
 
 
-def _processes_referencing(roots: Iterable[Path], names: Iterable[str] = ()) -> dict[int, str]:
-    """Processes whose command line, root or cwd lies under ``roots`` (or whose exe is one of ``names``)."""
+def _root_mount_source(proc: Path) -> str:
+    """The options of the filesystem mounted at a process's "/": for a container, its overlay's layer paths."""
+    with contextlib.suppress(OSError):
+        for line in (proc / "mountinfo").read_text(errors="replace").splitlines():
+            fields = line.split()
+            if len(fields) > 4 and fields[4] == "/":
+                return line
+    return ""
+
+
+def processes_under(roots: Iterable[Path], names: Iterable[str] = ()) -> dict[int, str]:
+    """Processes whose command line, cwd or root filesystem lies under ``roots`` (or whose exe is one of ``names``).
+
+    A container's process shows ``/`` as its root from here; its root *mount* (an overlay whose layers
+    live in a node's image store) is what names the node it belongs to.
+    """
     prefixes = [str(r).rstrip("/") + "/" for r in roots]
     exe_names = set(names)
     found: dict[int, str] = {}
@@ -164,13 +175,16 @@ def _processes_referencing(roots: Iterable[Path], names: Iterable[str] = ()) -> 
             continue
         try:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-            where = [cmdline]
-            for link in ("root", "cwd", "exe"):
-                with contextlib.suppress(OSError):
-                    where.append(os.readlink(entry / link))
         except OSError:
             continue
-        exe = Path(where[-1]).name if len(where) > 1 else ""
+        exe = ""
+        where = [cmdline]
+        for link in ("cwd", "exe"):
+            with contextlib.suppress(OSError):
+                where.append(os.readlink(entry / link))
+                exe = Path(where[-1]).name if link == "exe" else exe
+        if prefixes:
+            where.append(_root_mount_source(entry))
         if any(p in w + "/" for w in where for p in prefixes) or (exe_names and exe in exe_names):
             found[int(entry.name)] = cmdline or exe
     return found
@@ -266,7 +280,7 @@ class HostNetwork:
             with contextlib.suppress(ValueError, OSError):
                 stale = json.loads(self.state_file.read_text())
         roots = [Path(p) for p in stale.get("roots", [])] + list(node_roots)
-        procs = _processes_referencing(roots)
+        procs = processes_under(roots)
         if procs:
             cleared.append(f"{len(procs)} processes")
             _kill(procs)
@@ -368,10 +382,10 @@ class HostNetwork:
         left: list[str] = []
         roots = [*self.roots, *extra_roots]
         names = {"kubelet", "containerd", "containerd-shim-runc-v2", "kube-proxy", "coredns", "pause"}
-        for pid, what in _processes_referencing(roots).items():
+        for pid, what in processes_under(roots).items():
             left.append(f"process {pid}: {what[:200]}")
-        for pid, what in _processes_referencing([], names).items():
-            if pid not in _processes_referencing(roots):
+        for pid, what in processes_under([], names).items():
+            if pid not in processes_under(roots):
                 left.append(f"process {pid}: {what[:200]}")
         left += [f"mount {m}" for m in _mounts_under(roots)]
         left += [f"network interface {link}" for link in sorted(now.links - self.before.links)]
@@ -385,6 +399,12 @@ class HostNetwork:
         if now.root_propagation != self.before.root_propagation:
             left.append(f"/ propagation is {now.root_propagation}, was {self.before.root_propagation}")
         return left
+
+
+def egress_dropped_packets() -> int:
+    """Packets the bed's egress guard has dropped so far (pod traffic headed off the machine)."""
+    listing = _run("iptables", "-L", EGRESS_CHAIN, "-v", "-x", "-n").stdout
+    return sum(int(line.split()[0]) for line in listing.splitlines() if " DROP " in f" {line} ")
 
 
 # --- one node ----------------------------------------------------------------------------
@@ -418,20 +438,8 @@ class NodeSpec:
 
 
 def default_specs(count: int = 3, prefix: str = "node") -> list[NodeSpec]:
-    """``count`` nodes over three zones; the last one is a tainted ``gpu`` pool node (as the simulator's)."""
-    specs = []
-    for i in range(1, count + 1):
-        last = i == count and count > 1
-        specs.append(
-            NodeSpec(
-                name=f"{prefix}-{i}",
-                index=i,
-                zone=f"zone-{'abc'[(i - 1) % 3]}",
-                pool="gpu" if last else "general",
-                taints=(("dedicated", "gpu", "NoSchedule"),) if last else (),
-            )
-        )
-    return specs
+    """The simulator's default nodes (three zones, the last a tainted ``gpu`` pool node), as real ones."""
+    return [NodeSpec(n.name, i, n.zone, n.pool, n.taints) for i, n in enumerate(default_nodes(count, prefix), 1)]
 
 
 def node_cache(name: str) -> Path:
@@ -469,7 +477,8 @@ class RealNode:
 
     @property
     def kubelet_root(self) -> Path:
-        return self.dir / "kubelet"
+        # Short too: the kubelet binds its pod-resources and plugin sockets under its root dir.
+        return self.state / "kubelet"
 
     @property
     def roots(self) -> list[Path]:
@@ -477,7 +486,9 @@ class RealNode:
 
     def crictl(self, *args: str, check: bool = True, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         exe = build.binary("cri-tools", "crictl")
-        return _run(exe, "--runtime-endpoint", f"unix://{self.socket}", "--timeout", "30s", *args, check=check, timeout=timeout)
+        return _run(
+            exe, "--runtime-endpoint", f"unix://{self.socket}", "--timeout", "30s", *args, check=check, timeout=timeout
+        )
 
     def ctr(self, *args: str, check: bool = True, timeout: float = 300.0) -> subprocess.CompletedProcess[str]:
         return _run("ctr", "--address", self.socket, "--namespace", "k8s.io", *args, check=check, timeout=timeout)
@@ -521,7 +532,9 @@ class RealNode:
         )
         config = self.dir / "containerd.toml"
         config.write_text(_containerd_config(self, cni / "net.d"))
-        self.containerd = Process("containerd", ["containerd", "--config", config], log=self.logs / f"{self.name}-containerd.log")
+        self.containerd = Process(
+            "containerd", ["containerd", "--config", config], log=self.logs / f"{self.name}-containerd.log"
+        )
         self.containerd.start()
         wait_for(
             lambda: self._alive(self.containerd) and self.ctr("version", check=False).returncode == 0,
@@ -611,7 +624,7 @@ class RealNode:
                 self.ctr("tasks", "delete", "-f", task, check=False)
             self.containerd.stop(grace=10.0)
         # Shims outlive containerd by design (containers survive a runtime restart): not ours to keep.
-        _kill(_processes_referencing([self.state, self.store]))
+        _kill(processes_under([self.state, self.store]))
         _unmount_all([self.dir, self.state, self.store])
         _quiet("ip", "link", "delete", self.spec.bridge)
         shutil.rmtree(self.state, ignore_errors=True)
@@ -799,7 +812,12 @@ class RealNodes:
                     ready += any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
             return ready == len(self.nodes)
 
-        wait_for(all_ready, timeout=timeout, what=f"{len(self.nodes)} kubelets Ready (logs in {self.logs_dir})", interval=0.25)
+        wait_for(
+            all_ready,
+            timeout=timeout,
+            what=f"{len(self.nodes)} kubelets Ready (logs in {self.logs_dir})",
+            interval=0.25,
+        )
         self.timings["kubelets ready"] = time.monotonic() - started
         self.startup_seconds = sum(self.timings.values())
 
@@ -826,7 +844,10 @@ class RealNodes:
 """
         )
         self.coredns = Process(
-            "coredns", [build.binary("coredns"), "-conf", corefile], log=self.logs_dir / "coredns.log", cwd=self.work_dir
+            "coredns",
+            [build.binary("coredns"), "-conf", corefile],
+            log=self.logs_dir / "coredns.log",
+            cwd=self.work_dir,
         )
         self.coredns.start()
         kube = self.kube
@@ -890,7 +911,12 @@ class RealNodes:
                     "metricsBindAddress": f"127.0.0.1:{free_port()}",
                     "nodePortAddresses": [CLUSTER_CIDR],
                     # Leave the machine's conntrack and route_localnet sysctls alone.
-                    "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
+                    "conntrack": {
+                        "maxPerCore": 0,
+                        "min": 0,
+                        "tcpEstablishedTimeout": "0s",
+                        "tcpCloseWaitTimeout": "0s",
+                    },
                     "iptables": {"localhostNodePorts": False, "masqueradeAll": False},
                 }
             )
@@ -947,46 +973,26 @@ def _node_image_refs() -> list[str]:
     return [images.PAUSE_REF, images.STAND_IN_REF, images.project_ref(), images.influxdb_ref()]
 
 
-@contextlib.contextmanager
-def real_bed(bed_dir: Path, logs_dir: Path, specs: list[NodeSpec] | None = None) -> Iterator[tuple[HostNetwork, ControlPlane, RealNodes]]:
-    """Lock, host network, control plane on the bed address, real nodes; all torn down and audited after."""
+def open_host(bed_dir: Path, specs: list[NodeSpec]) -> HostNetwork:
+    """Take the machine for a bed: the lock, what a crashed bed left cleared, images built, the host set up."""
     host = HostNetwork()
     host.acquire()
     try:
-        specs = specs or default_specs()
         cleared = host.clear_stale([node_cache(s.name) for s in specs])
         if cleared:
             print(f"  cleared what an earlier bed left: {', '.join(cleared)}", flush=True)
         images.ensure(images.NODE_IMAGES)
-        nodes_dir = bed_dir / "nodes"
-        roots = [bed_dir, RUN_DIR / "nodes", *(node_cache(s.name) for s in specs)]
-        host.up(roots)
-        cp = ControlPlane(bed_dir / "control-plane", logs_dir=logs_dir, address=BED_IP)
-        nodes = RealNodes(cp, host, nodes_dir, logs_dir, specs=specs)
-        try:
-            nodes.start_runtimes()
-            failure: list[BaseException] = []
+        host.up([bed_dir, RUN_DIR / "nodes", *(node_cache(s.name) for s in specs)])
+    except BaseException:
+        host.release()
+        raise
+    return host
 
-            def guarded() -> None:
-                try:
-                    nodes.load_images()
-                except BaseException as exc:
-                    failure.append(exc)
 
-            loading = threading.Thread(target=guarded, name="node images")
-            loading.start()  # images load while the control plane starts
-            cp.start()
-            loading.join()
-            if failure:
-                raise failure[0]
-            nodes.start()
-            yield host, cp, nodes
-        finally:
-            problems = nodes.stop()
-            cp.stop()
-            host.down()
-            left = host.audit()
-            if problems or left:
-                raise BedError("the bed left things behind:\n  " + "\n  ".join(problems + left))
+def close_host(host: HostNetwork) -> list[str]:
+    """Undo ``open_host`` (after the nodes and control plane stopped); returns what the audit found left behind."""
+    try:
+        host.down()
+        return host.audit()
     finally:
         host.release()

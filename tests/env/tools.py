@@ -5,7 +5,7 @@ package with apt-get when it is missing and this process may (root). Services th
 would start are refused through a temporary ``policy-rc.d``, and any process of the package
 that still appears during the install is stopped, so an install leaves nothing running.
 
-    python3 -m tests.env.tools            # installs both, for the Makefile and .ci
+    python3 -m tests.env.tools            # installs them all (and, as root, what real nodes need)
 """
 
 from __future__ import annotations
@@ -21,6 +21,16 @@ from pathlib import Path
 
 NODE_EXPORTER = ("prometheus-node-exporter", "prometheus-node-exporter")
 PROMTOOL = ("promtool", "prometheus")
+REAL_NODES = (
+    ("containerd", "containerd"),
+    ("runc", "runc"),
+    ("/usr/lib/cni/bridge", "containernetworking-plugins"),
+    ("podman", "podman"),
+    ("mmdebstrap", "mmdebstrap"),
+    ("iptables", "iptables"),
+    ("conntrack", "conntrack"),
+)
+"""What the bed's real nodes run on (binary or path, Debian package): runtime, CNI, image building, netfilter."""
 _POLICY = Path("/usr/sbin/policy-rc.d")
 
 
@@ -29,6 +39,8 @@ class ToolMissingError(RuntimeError):
 
 
 def _which(binary: str) -> str | None:
+    if binary.startswith("/"):
+        return binary if Path(binary).is_file() else None
     return shutil.which(binary) or shutil.which(binary, path="/usr/bin:/usr/sbin:/bin:/sbin")
 
 
@@ -73,8 +85,8 @@ def ensure_debian_tool(binary: str, package: str) -> str:
             f"{binary} is not installed and cannot be installed here (needs root and apt-get): "
             f"run `apt-get install -y {package}`"
         )
-    # Daemons the package may start (prometheus itself; node_exporter for its own package).
-    daemons = {binary, "prometheus", "prometheus-node-exporter"}
+    # Daemons the package may start (prometheus itself; node_exporter for its own package; containerd).
+    daemons = {Path(binary).name, "prometheus", "prometheus-node-exporter", "containerd"}
     before = _pids_running(daemons)
     with _no_service_starts():
         result = _apt("install", "-y", "--no-install-recommends", package)
@@ -105,3 +117,11 @@ if __name__ == "__main__":
             print(ensure_debian_tool(*tool))
         except ToolMissingError as exc:
             sys.exit(str(exc))
+    if os.geteuid() != 0:
+        print("not root: the bed will simulate its nodes (real kubelets and containerd need root)")
+    else:
+        for tool in REAL_NODES:
+            try:
+                print(ensure_debian_tool(*tool))
+            except ToolMissingError as exc:
+                sys.exit(str(exc))

@@ -8,6 +8,7 @@ import pytest
 from influxdb_client import Point, WritePrecision
 from influxdb_client.client.write_api import SYNCHRONOUS
 
+from tests.env import realnodes
 from tests.env.influx import InfluxDB
 
 pytestmark = pytest.mark.integration
@@ -35,7 +36,8 @@ def write(db: InfluxDB, points: list[Point]) -> None:
 
 
 def test_setup_write_and_flux_query_return_exact_values(influxdb: InfluxDB) -> None:
-    assert influxdb.url.startswith("http://127.0.0.1:")
+    # Loopback for simulated nodes; with real nodes the bed's address, which pods reach through their gateway.
+    assert influxdb.url.startswith(("http://127.0.0.1:", f"http://{realnodes.BED_IP}:"))
     # Whole seconds in the past: exact through Flux's RFC3339 times, and inside range()'s default stop (now).
     t0 = (time.time_ns() // 10**9 - 30) * 10**9
     values = [0.1, 2.5, 1e-9, 123456.789]

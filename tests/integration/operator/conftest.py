@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from observatory_operator import rbac
+from tests.env import images
 from tests.env.controlplane import ControlPlane, write_kubeconfig
 from tests.env.dev import install_crds
 from tests.env.kube import ApiError, Kube
@@ -20,8 +21,9 @@ from tests.env.procs import Process, free_port, wait_for
 
 RESYNC_SECONDS = 2.0
 """Short, so restores and status refreshes are seen in seconds rather than tens of seconds."""
-STAND_IN_IMAGE = "registry.example/observatory-stand-in:1"
-"""An image the node simulator does not run: pods turn Running/Ready without a process. Operator
+STAND_IN_IMAGE = images.STAND_IN_REF
+"""A stand-in for the agent (tests/env/standin): on real nodes a container that answers the kubelet's
+probes and nothing else; the simulator marks its pods Ready without running anything. Operator
 behaviour (children, coverage, READY, restores) is tested independently of the agent's progress."""
 
 GROUP_PATH = "/apis/observatory.happypatterns.org/v1alpha1"
@@ -143,7 +145,7 @@ def rbac_operator(control_plane: ControlPlane, crds: list[str], namespace: str, 
 
 
 def stand_in_collector(name: str, image: str = STAND_IN_IMAGE, **spec: Any) -> dict[str, Any]:
-    """A small collector whose pods the simulator marks Ready without running them (no InfluxDB needed)."""
+    """A small collector of stand-in agents: pods that turn Ready and report nothing (no InfluxDB needed)."""
     return {
         "apiVersion": "observatory.happypatterns.org/v1alpha1",
         "kind": "ObservatoryCollector",
