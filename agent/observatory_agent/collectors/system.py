@@ -1,21 +1,29 @@
 """Host collectors: cpu, per-core cpu, memory, swap, load, disks, network, inodes, uptime, processes.
 
-Every reader here is blocking and runs in a thread (``ThreadedCollector``). CPU usage comes
+Every reader here is blocking and runs in its collector's own thread (``guard.Guard``). CPU usage comes
 from the difference of CPU times between two cycles — no sleeping call — so the first
 cycle of ``cpu`` and ``cpu_core`` yields nothing.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import math
 import os
 import re
-from collections.abc import Callable, Iterator, Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import psutil
+import structlog
 
-from observatory_agent.collectors.base import COUNTER, GAUGE, Sample
+from observatory_agent.collectors import registry
+from observatory_agent.collectors.base import COUNTER, GAUGE, FunctionCollector, Sample
 from observatory_agent.collectors.host import HostPaths
+
+log = structlog.get_logger("observatory_agent.collectors.system")
 
 # node_exporter's defaults: filesystems that are not storage, mount points that are not the host's.
 PSEUDO_FILESYSTEMS: Final = frozenset(
@@ -169,7 +177,11 @@ def _unescape_mount(text: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
 
 
-def real_mounts(paths: HostPaths) -> list[tuple[str, str, str]]:
+def real_mounts(
+    paths: HostPaths,
+    exclude_mounts: re.Pattern[str] = IGNORED_MOUNTS,
+    exclude_fstypes: re.Pattern[str] | None = None,
+) -> list[tuple[str, str, str]]:
     """``(device, mountpoint, fstype)`` of storage mounts, one per device, pseudo filesystems excluded."""
     seen: set[str] = set()
     out: list[tuple[str, str, str]] = []
@@ -178,7 +190,12 @@ def real_mounts(paths: HostPaths) -> list[tuple[str, str, str]]:
         if len(parts) < 3:
             continue
         device, mountpoint, fstype = _unescape_mount(parts[0]), _unescape_mount(parts[1]), parts[2]
-        if fstype in PSEUDO_FILESYSTEMS or IGNORED_MOUNTS.match(mountpoint):
+        if exclude_fstypes is None:
+            if fstype in PSEUDO_FILESYSTEMS:
+                continue
+        elif exclude_fstypes.match(fstype):
+            continue
+        if exclude_mounts.match(mountpoint):
             continue
         # tmpfs has no backing device, so each mount counts; a bind mount repeats its device.
         key = mountpoint if fstype == "tmpfs" else device
@@ -189,20 +206,99 @@ def real_mounts(paths: HostPaths) -> list[tuple[str, str, str]]:
     return out
 
 
-def _mount_stats(paths: HostPaths) -> Iterator[tuple[dict[str, str], os.statvfs_result]]:
-    """(tags, statvfs) for every real mount still there; both filesystem readers share the walk."""
-    for device, mountpoint, fstype in real_mounts(paths):
-        try:
-            st = os.statvfs(paths.host_path(mountpoint))
-        except OSError:
-            continue  # unmounted between listing and stat, or not visible from here
-        yield {"device": device, "mountpoint": mountpoint, "fstype": fstype}, st
+MountStat = tuple[dict[str, str], os.statvfs_result]
 
 
-def make_disk_usage_reader(paths: HostPaths) -> Callable[[], list[Sample]]:
-    def read() -> list[Sample]:
+class MountWalker:
+    """One walk of the host's mounts per cycle, shared by disk_usage and filesystem.
+
+    Each ``statvfs`` runs in a helper thread under ``timeout``: a mount that does not answer
+    (a dead NFS server) is marked stuck, skipped — and counted in ``skipped`` — until that call
+    returns, as node_exporter's filesystem collector does; the helper it holds is abandoned and
+    a fresh one takes the remaining mounts. A walk younger than ``max_age`` is reused, so the
+    second collector of a cycle gets the first one's result.
+    """
+
+    def __init__(
+        self,
+        paths: HostPaths,
+        *,
+        exclude_mounts: re.Pattern[str] = IGNORED_MOUNTS,
+        exclude_fstypes: re.Pattern[str] | None = None,
+        timeout: float = 1.0,
+        max_age: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.paths = paths
+        self.exclude_mounts = exclude_mounts
+        self.exclude_fstypes = exclude_fstypes
+        self.timeout = timeout
+        self.max_age = max_age
+        self.skipped = 0
+        """Stat calls skipped because their mount was stuck (cumulative)."""
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._at = -math.inf
+        self._result: list[MountStat] = []
+        self._stuck: dict[str, concurrent.futures.Future[os.statvfs_result]] = {}
+        self._helper: concurrent.futures.ThreadPoolExecutor | None = None
+
+    @property
+    def stuck(self) -> list[str]:
+        return sorted(m for m, f in self._stuck.items() if not f.done())
+
+    def stats(self) -> list[MountStat]:
+        with self._lock:
+            if self._clock() - self._at >= self.max_age:
+                self._result = self._walk()
+                self._at = self._clock()
+            return self._result
+
+    def _stat(self, mountpoint: str) -> concurrent.futures.Future[os.statvfs_result]:
+        if self._helper is None:
+            self._helper = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="statvfs")
+        return self._helper.submit(os.statvfs, self.paths.host_path(mountpoint))
+
+    def _walk(self) -> list[MountStat]:
+        out: list[MountStat] = []
+        for device, mountpoint, fstype in real_mounts(self.paths, self.exclude_mounts, self.exclude_fstypes):
+            stuck = self._stuck.get(mountpoint)
+            if stuck is not None:
+                if not stuck.done():
+                    self.skipped += 1
+                    continue
+                del self._stuck[mountpoint]
+                log.info("mount_answers_again", mountpoint=mountpoint)
+            future = self._stat(mountpoint)
+            try:
+                st = future.result(timeout=self.timeout)
+            except concurrent.futures.TimeoutError:
+                self._stuck[mountpoint] = future
+                self.skipped += 1
+                log.warning("mount_stuck_skipping", mountpoint=mountpoint, device=device, timeout=self.timeout)
+                assert self._helper is not None
+                self._helper.shutdown(wait=False)  # its one thread waits in the kernel; leave it there
+                self._helper = None
+                continue
+            except OSError:
+                continue  # unmounted between listing and stat, or not visible from here
+            out.append(({"device": device, "mountpoint": mountpoint, "fstype": fstype}, st))
+        return out
+
+
+class DiskUsageCollector:
+    """``system.disk.*``: space per mount, from the shared walk."""
+
+    def __init__(self, name: str, walker: MountWalker) -> None:
+        self.name = name
+        self.walker = walker
+
+    def skipped(self) -> int:
+        return self.walker.skipped
+
+    def collect(self) -> list[Sample]:
         out: list[Sample] = []
-        for tags, st in _mount_stats(paths):
+        for tags, st in self.walker.stats():
             if st.f_blocks == 0:
                 continue
             total = st.f_blocks * st.f_frsize
@@ -212,19 +308,27 @@ def make_disk_usage_reader(paths: HostPaths) -> Callable[[], list[Sample]]:
             out += [
                 Sample("system.disk.total", float(total), GAUGE, tags),
                 Sample("system.disk.used", float(used), GAUGE, tags),
-                Sample("system.disk.free", float(avail), GAUGE, tags),
+                Sample("system.disk.free", float(free), GAUGE, tags),
+                Sample("system.disk.available", float(avail), GAUGE, tags),
                 # df's definition: reserved blocks count as neither used nor available.
                 Sample("system.disk.usage", _percent(used, used + avail) if used + avail else 0.0, GAUGE, tags),
             ]
         return out
 
-    return read
 
+class FilesystemCollector:
+    """``system.filesystem.inodes.*``: inodes per mount, from the shared walk."""
 
-def make_filesystem_reader(paths: HostPaths) -> Callable[[], list[Sample]]:
-    def read() -> list[Sample]:
+    def __init__(self, name: str, walker: MountWalker) -> None:
+        self.name = name
+        self.walker = walker
+
+    def skipped(self) -> int:
+        return self.walker.skipped
+
+    def collect(self) -> list[Sample]:
         out: list[Sample] = []
-        for tags, st in _mount_stats(paths):
+        for tags, st in self.walker.stats():
             if st.f_files == 0:
                 continue  # filesystems without inode accounting (btrfs reports 0)
             used = st.f_files - st.f_ffree
@@ -236,10 +340,8 @@ def make_filesystem_reader(paths: HostPaths) -> Callable[[], list[Sample]]:
             ]
         return out
 
-    return read
 
-
-def make_disk_io_reader(paths: HostPaths) -> Callable[[], list[Sample]]:
+def make_disk_io_reader(paths: HostPaths, exclude: re.Pattern[str] = IGNORED_DISKS) -> Callable[[], list[Sample]]:
     # Sectors in /proc/diskstats are always 512 bytes, whatever the device's block size.
     sector = 512.0
 
@@ -247,7 +349,7 @@ def make_disk_io_reader(paths: HostPaths) -> Callable[[], list[Sample]]:
         out: list[Sample] = []
         for line in (paths.proc / "diskstats").read_text().splitlines():
             f = line.split()
-            if len(f) < 14 or IGNORED_DISKS.match(f[2]):
+            if len(f) < 14 or exclude.match(f[2]):
                 continue
             tags = {"device": f[2]}
             out += [
@@ -326,19 +428,204 @@ def make_processes_reader(paths: HostPaths) -> Callable[[], list[Sample]]:
     return read
 
 
-def reader_for(kind: str, paths: HostPaths) -> Callable[[], Sequence[Sample]]:
-    """The blocking reader behind a system collector kind (except ``cpuinfo``, see ``cpuinfo``)."""
-    factories: dict[str, Callable[[], Callable[[], Sequence[Sample]]]] = {
-        "cpu": CpuReader,
-        "cpu_core": CpuCoreReader,
-        "memory": lambda: read_memory,
-        "swap": lambda: read_swap,
-        "load": lambda: make_load_reader(paths),
-        "disk_usage": lambda: make_disk_usage_reader(paths),
-        "disk_io": lambda: make_disk_io_reader(paths),
-        "network": lambda: make_network_reader(paths),
-        "filesystem": lambda: make_filesystem_reader(paths),
-        "uptime": lambda: make_uptime_reader(paths),
-        "processes": lambda: make_processes_reader(paths),
-    }
-    return factories[kind]()
+# --- registration -----------------------------------------------------------------------------
+
+_DISK: Final = ("device", "mountpoint", "fstype")
+_MOUNT_OPTIONS: Final = {
+    "exclude_mounts": "regex of mount points to skip (replaces the default, which skips /dev, /proc, /sys, "
+    "container and kubelet pod mounts)",
+    "exclude_fstypes": "regex of filesystem types to skip (replaces the default list of pseudo filesystems)",
+    "mount_timeout": "seconds one mount's statvfs may take before it is skipped as stuck (default 1)",
+}
+
+
+def _walker(ctx: registry.BuildContext) -> MountWalker:
+    """The build's one walker for these options: disk_usage and filesystem with equal options share it."""
+    exclude_mounts = ctx.regex_option("exclude_mounts", IGNORED_MOUNTS)
+    fstypes = ctx.config.options.get("exclude_fstypes")
+    exclude_fstypes = ctx.regex_option("exclude_fstypes", IGNORED_MOUNTS) if fstypes is not None else None
+    timeout = ctx.float_option("mount_timeout", 1.0, minimum=0.001)
+    key = ("mount-walker", exclude_mounts.pattern, fstypes, timeout)
+    walker = ctx.shared.get(key)
+    if not isinstance(walker, MountWalker):
+        walker = MountWalker(ctx.paths, exclude_mounts=exclude_mounts, exclude_fstypes=exclude_fstypes, timeout=timeout)
+        ctx.shared[key] = walker
+    return walker
+
+
+def _metrics(kind: str, *rows: tuple[str, str, str, tuple[str, ...], str]) -> tuple[registry.MetricInfo, ...]:
+    return tuple(registry.MetricInfo(name, unit, k, tags, kind, text) for name, unit, k, tags, text in rows)
+
+
+def _reader(read: Callable[[registry.BuildContext], Callable[[], Sequence[Sample]]]) -> registry.Factory:
+    return lambda ctx: FunctionCollector(ctx.config.name, read(ctx))
+
+
+registry.register(
+    registry.Kind(
+        "cpu",
+        _reader(lambda _ctx: CpuReader()),
+        _metrics(
+            "cpu",
+            ("system.cpu.usage", "%", "G", (), "Busy time share of all CPUs since the last cycle"),
+            ("system.cpu.user", "%", "G", (), "User time share"),
+            ("system.cpu.system", "%", "G", (), "Kernel time share"),
+            ("system.cpu.iowait", "%", "G", (), "I/O wait share (Linux)"),
+            ("system.cpu.steal", "%", "G", (), "Time stolen by the hypervisor (Linux)"),
+        ),
+        trusted=True,
+    )
+)
+registry.register(
+    registry.Kind(
+        "cpu_core",
+        _reader(lambda _ctx: CpuCoreReader()),
+        _metrics("cpu_core", ("system.cpu.core.usage", "%", "G", ("core",), "Busy share per logical core")),
+        trusted=True,
+    )
+)
+registry.register(
+    registry.Kind(
+        "memory",
+        _reader(lambda _ctx: read_memory),
+        _metrics(
+            "memory",
+            ("system.memory.total", "bytes", "G", (), "Physical memory"),
+            ("system.memory.available", "bytes", "G", (), "Memory available without swapping"),
+            ("system.memory.used", "bytes", "G", (), "Memory in use (psutil's definition)"),
+            ("system.memory.free", "bytes", "G", (), "Unused memory"),
+            ("system.memory.cached", "bytes", "G", (), "Page cache"),
+            ("system.memory.buffers", "bytes", "G", (), "Buffers"),
+            ("system.memory.usage", "%", "G", (), "(total - available) / total"),
+        ),
+        trusted=True,
+    )
+)
+registry.register(
+    registry.Kind(
+        "swap",
+        _reader(lambda _ctx: read_swap),
+        _metrics(
+            "swap",
+            ("system.swap.total", "bytes", "G", (), "Swap size"),
+            ("system.swap.used", "bytes", "G", (), "Swap in use"),
+            ("system.swap.free", "bytes", "G", (), "Swap free"),
+            ("system.swap.usage", "%", "G", (), "Swap in use share"),
+            ("system.swap.in", "bytes/s", "C", (), "Swapped in from disk"),
+            ("system.swap.out", "bytes/s", "C", (), "Swapped out to disk"),
+        ),
+        trusted=True,
+    )
+)
+registry.register(
+    registry.Kind(
+        "load",
+        _reader(lambda ctx: make_load_reader(ctx.paths)),
+        _metrics(
+            "load",
+            ("system.load.1", "", "G", (), "1-minute load average"),
+            ("system.load.5", "", "G", (), "5-minute load average"),
+            ("system.load.15", "", "G", (), "15-minute load average"),
+        ),
+        trusted=True,
+    )
+)
+registry.register(
+    registry.Kind(
+        "disk_usage",
+        lambda ctx: DiskUsageCollector(ctx.config.name, _walker(ctx)),
+        _metrics(
+            "disk_usage",
+            ("system.disk.total", "bytes", "G", _DISK, "Filesystem size"),
+            ("system.disk.used", "bytes", "G", _DISK, "Used space (size - free)"),
+            ("system.disk.free", "bytes", "G", _DISK, "Free space, including blocks reserved for root (f_bfree)"),
+            (
+                "system.disk.available",
+                "bytes",
+                "G",
+                _DISK,
+                "Space available to unprivileged users (f_bavail, df's Avail)",
+            ),
+            ("system.disk.usage", "%", "G", _DISK, "used / (used + available), as df"),
+        ),
+        options=_MOUNT_OPTIONS,
+        trusted=True,
+    )
+)
+registry.register(
+    registry.Kind(
+        "disk_io",
+        _reader(lambda ctx: make_disk_io_reader(ctx.paths, ctx.regex_option("exclude_devices", IGNORED_DISKS))),
+        _metrics(
+            "disk_io",
+            ("system.disk.io.reads", "ops/s", "C", ("device",), "Completed reads"),
+            ("system.disk.io.writes", "ops/s", "C", ("device",), "Completed writes"),
+            ("system.disk.io.read_bytes", "bytes/s", "C", ("device",), "Bytes read"),
+            ("system.disk.io.write_bytes", "bytes/s", "C", ("device",), "Bytes written"),
+            ("system.disk.io.busy_time", "s/s", "C", ("device",), "Time busy doing I/O (1.0 = 100%)"),
+        ),
+        options={"exclude_devices": "regex of devices to skip (replaces the default: partitions, loop, ram, dm)"},
+        trusted=True,
+    )
+)
+registry.register(
+    registry.Kind(
+        "network",
+        _reader(lambda ctx: make_network_reader(ctx.paths, ctx.regex_option("exclude_interfaces", IGNORED_INTERFACES))),
+        _metrics(
+            "network",
+            ("system.network.bytes_recv", "bytes/s", "C", ("interface",), "Bytes received"),
+            ("system.network.bytes_sent", "bytes/s", "C", ("interface",), "Bytes sent"),
+            ("system.network.packets_recv", "packets/s", "C", ("interface",), "Packets received"),
+            ("system.network.packets_sent", "packets/s", "C", ("interface",), "Packets sent"),
+            ("system.network.errors_in", "errors/s", "C", ("interface",), "Receive errors"),
+            ("system.network.errors_out", "errors/s", "C", ("interface",), "Transmit errors"),
+            ("system.network.drops_in", "packets/s", "C", ("interface",), "Received packets dropped"),
+            ("system.network.drops_out", "packets/s", "C", ("interface",), "Sent packets dropped"),
+        ),
+        options={
+            "exclude_interfaces": "regex of interfaces to skip (replaces the default: lo, veth, cni, docker, ...)"
+        },
+        trusted=True,
+    )
+)
+registry.register(
+    registry.Kind(
+        "filesystem",
+        lambda ctx: FilesystemCollector(ctx.config.name, _walker(ctx)),
+        _metrics(
+            "filesystem",
+            ("system.filesystem.inodes.total", "inodes", "G", _DISK, "Inodes"),
+            ("system.filesystem.inodes.used", "inodes", "G", _DISK, "Inodes in use"),
+            ("system.filesystem.inodes.free", "inodes", "G", _DISK, "Free inodes"),
+            ("system.filesystem.inodes.usage", "%", "G", _DISK, "Inodes in use share"),
+        ),
+        options=_MOUNT_OPTIONS,
+        trusted=True,
+    )
+)
+registry.register(
+    registry.Kind(
+        "uptime",
+        _reader(lambda ctx: make_uptime_reader(ctx.paths)),
+        _metrics("uptime", ("system.uptime", "s", "G", (), "Seconds since boot")),
+        trusted=True,
+    )
+)
+registry.register(
+    registry.Kind(
+        "processes",
+        _reader(lambda ctx: make_processes_reader(ctx.paths)),
+        _metrics(
+            "processes",
+            ("system.processes.total", "processes", "G", (), "All processes"),
+            ("system.processes.running", "processes", "G", (), "State R"),
+            ("system.processes.sleeping", "processes", "G", (), "State S"),
+            ("system.processes.blocked", "processes", "G", (), "State D (uninterruptible)"),
+            ("system.processes.zombie", "processes", "G", (), "State Z"),
+            ("system.processes.stopped", "processes", "G", (), "State T/t"),
+            ("system.processes.idle", "processes", "G", (), "State I (kernel idle threads)"),
+        ),
+        trusted=True,
+    )
+)
