@@ -136,6 +136,10 @@ async def _serve(args: argparse.Namespace) -> None:
     app = server.make_app(telemetry, agent.status, lambda: agent.ready)
     http = await server.start(app, bind, port)
     log.info("agent_started", version=__version__, node=node, listen=f"{bind}:{port}", config_hash=loaded.hash)
+    if os.environ.get("XX_FREEZE"):
+        import gc  # noqa: PLC0415
+        gc.collect()
+        gc.freeze()
     try:
         await agent.run(stop)
     finally:

@@ -54,6 +54,8 @@ SHUTDOWN_FLUSH_BUDGET: Final = 5.0
 SELF_MEASUREMENT: Final = "observatory.agent"
 STEP_TOLERANCE: Final = 1.0
 """Seconds the wall clock may disagree with the monotonic one before it counts as a step."""
+CONFIG_POLL_EVERY: Final = 2.0
+"""Seconds between checks of the config files for a change."""
 RETRY_MIN, RETRY_MAX = 1.0, 30.0
 """Seconds between drain attempts while InfluxDB fails (doubling, jittered), besides each window close."""
 
@@ -151,6 +153,8 @@ class Agent:
         self._corrupt_seen = 0
         self._partials_errors_seen = 0
         self._config_hash_label: str | None = None
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._next_poll = 0.0
 
     # --- state for /status and /readyz --------------------------------------------------------
 
@@ -351,10 +355,10 @@ class Agent:
         health = self._health(name)
         health["last_duration_seconds"] = round(outcome.duration, 6)
         t = self.telemetry
-        t.collector_duration.labels(collector=name).set(outcome.duration)
+        self._child(t.collector_duration, name).set(outcome.duration)
         if outcome.error is None:
             health["last_success"] = now
-            t.collector_last_success.labels(collector=name).set(now)
+            self._child(t.collector_last_success, name).set(now)
         else:
             health["last_error"] = f"{outcome.error}: {outcome.message}"
             self._count_collector_error(name, outcome.error)
@@ -373,6 +377,14 @@ class Agent:
             for target, up in guard.collector.up.items():
                 t.scrape_up.labels(collector=name, target=target).set(up)
 
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once: the cycle updates these every second."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def _sync_counter(self, key: str, total: int, counter: Any) -> None:
         seen = self._seen.get(key, 0)
         if total > seen:
@@ -382,9 +394,9 @@ class Agent:
     def _sync_aggregator_metrics(self, agg: WindowAggregator) -> None:
         t = self.telemetry
         prefix = f"agg{id(agg)}:"
-        self._sync_counter(prefix + "late", agg.late_samples, t.dropped_samples.labels(reason="late"))
-        self._sync_counter(prefix + "invalid", agg.invalid_samples, t.dropped_samples.labels(reason="invalid"))
-        self._sync_counter(prefix + "limited", agg.limited_samples, t.dropped_samples.labels(reason="series_limit"))
+        self._sync_counter(prefix + "late", agg.late_samples, self._child(t.dropped_samples, "late"))
+        self._sync_counter(prefix + "invalid", agg.invalid_samples, self._child(t.dropped_samples, "invalid"))
+        self._sync_counter(prefix + "limited", agg.limited_samples, self._child(t.dropped_samples, "series_limit"))
         self._sync_counter(prefix + "series", agg.dropped_series, t.dropped_series)
         for direction, n in self.timeline.steps.items():
             if n > self._steps_seen[direction]:
@@ -550,10 +562,13 @@ class Agent:
             # is the honest stamp; while the clock is held after a backward step, the held time.
             tick = min(next_tick, now) if now - next_tick < interval else now
             self.close_windows(self._aggregator.close(tick))
-            changed = self.watcher.poll()
-            self._sync_reload_metrics()
-            if changed is not None:
-                self.close_windows(self.apply(changed))
+            if self.timeline.mono() >= self._next_poll:
+                # Mounted ConfigMaps change within a minute or so anyway; a stat every cycle buys nothing.
+                self._next_poll = self.timeline.mono() + CONFIG_POLL_EVERY
+                changed = self.watcher.poll()
+                self._sync_reload_metrics()
+                if changed is not None:
+                    self.close_windows(self.apply(changed))
             await self.cycle(tick)
         await self.shutdown()
 

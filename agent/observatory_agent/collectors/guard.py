@@ -2,7 +2,12 @@
 
 Every collector — host reader, cpuinfo, application scrape, custom plugin — runs under a
 ``Guard``. A blocking ``collect()`` runs in the collector's own thread, so a hung plugin or a
-stuck ``statvfs`` holds that one thread and nothing else; an async one runs as a task. A
+stuck ``statvfs`` holds that one thread and nothing else; an async one runs as a task. The
+built-in readers of procfs run *inline*, on the loop: procfs answers from kernel memory and
+never waits on a device, and handing each of them to a thread cost more CPU than the read
+itself (4.3 ms against 1.3 ms per cycle for the host collectors, measured on the real agent's
+collectors); their guard still times them, counts their errors and keeps one from stopping the
+rest, but cannot interrupt one. A
 collection still running from an earlier cycle makes the collector *busy* (never a second
 thread on the same stuck call). What a collector hands back is checked sample by sample at
 this boundary, as Telegraf's accumulator does, unless its kind is a trusted built-in: a bad
@@ -104,11 +109,12 @@ def _consume(future: asyncio.Future[Any]) -> None:
 class Guard:
     """Runs one collector: own thread (blocking) or task (async), timeout, busy, validation."""
 
-    def __init__(self, collector: Collector, timeout: float, *, trusted: bool = False) -> None:
+    def __init__(self, collector: Collector, timeout: float, *, trusted: bool = False, inline: bool = False) -> None:
         self.collector = collector
         self.name = collector.name
         self.timeout = timeout
         self.trusted = trusted
+        self.inline = inline and not inspect.iscoroutinefunction(collector.collect)
         self._async = inspect.iscoroutinefunction(collector.collect)
         self._thread: concurrent.futures.ThreadPoolExecutor | None = None
         self._inflight: asyncio.Future[Any] | None = None
@@ -142,7 +148,18 @@ class Guard:
         exc = future.exception()
         if exc is not None:
             return self._failed("error", f"{type(exc).__name__}: {exc}", duration)
-        result = future.result()
+        return self._accept(future.result(), duration)
+
+    def run_inline(self, clock: Callable[[], float]) -> Outcome:
+        """Collect right here, on the loop (procfs readers only)."""
+        started = clock()
+        try:
+            result = self.collector.collect()
+        except Exception as exc:  # a reader's failure is its collector's error, not the cycle's
+            return self._failed("error", f"{type(exc).__name__}: {exc}", clock() - started)
+        return self._accept(result, clock() - started)
+
+    def _accept(self, result: Any, duration: float) -> Outcome:
         if self.trusted:
             return Outcome(result if isinstance(result, list) else list(result), duration=duration)
         if isinstance(result, str | bytes) or not isinstance(result, Iterable):
@@ -200,11 +217,18 @@ async def run_cycle(guards: Sequence[Guard]) -> CycleResult:
     t0 = loop.time()
     finished: dict[str, float] = {}
     started: list[tuple[Guard, asyncio.Future[Any] | None]] = []
+    result = CycleResult()
     for guard in guards:
+        if guard.inline:
+            continue
         future = guard.start(loop)
         if future is not None:
             future.add_done_callback(_stamp(finished, guard.name, loop))
         started.append((guard, future))
+    # The inline readers run while the threads and tasks started above do their work.
+    for guard in guards:
+        if guard.inline:
+            result.outcomes[guard.name] = guard.run_inline(time.perf_counter)
     pending = {f for _, f in started if f is not None}
     # One wait per distinct timeout (usually one): collectors share the cycle's deadlines.
     for limit in sorted({g.timeout for g, f in started if f is not None}):
@@ -213,7 +237,6 @@ async def run_cycle(guards: Sequence[Guard]) -> CycleResult:
             _done, pending = await asyncio.wait(pending, timeout=remaining)
         pending -= {f for g, f in started if g.timeout <= limit}  # past their deadline: timed out
     now = loop.time()
-    result = CycleResult()
     for guard, future in started:
         result.outcomes[guard.name] = guard.finish(future, finished.get(guard.name, now) - t0)
     return result

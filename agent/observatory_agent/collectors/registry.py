@@ -85,6 +85,8 @@ class Kind:
     """Built-in host readers produce well-formed samples; others are validated sample by sample."""
     free_options: bool = False
     """Options pass through unchecked (custom plugins define their own)."""
+    inline: bool = False
+    """Reads only procfs (kernel memory, never a device): runs on the loop instead of a thread."""
 
 
 _KINDS: Final[dict[str, Kind]] = {}

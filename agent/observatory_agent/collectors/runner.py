@@ -44,7 +44,7 @@ def build_collectors(configs: Sequence[CollectorConfig], paths: HostPaths, *, ma
             errors[cfg.name] = f"{type(exc).__name__}: {exc}"
             log.error("collector_build_failed", collector=cfg.name, kind=cfg.kind, error=errors[cfg.name])
             continue
-        built.append(Guard(collector, timeout, trusted=kind.trusted))
+        built.append(Guard(collector, timeout, trusted=kind.trusted, inline=kind.inline))
     return BuildResult(built, errors)
 
 

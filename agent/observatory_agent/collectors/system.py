@@ -7,11 +7,11 @@ cycle of ``cpu`` and ``cpu_core`` yields nothing.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import math
 import os
 import re
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final
@@ -172,20 +172,27 @@ def make_uptime_reader(paths: HostPaths) -> Callable[[], list[Sample]]:
     return read
 
 
+_OCTAL: Final = re.compile(r"\\([0-7]{3})")
+
+
 def _unescape_mount(text: str) -> str:
     # /proc/mounts writes space, tab, newline and backslash as octal escapes.
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
+    if "\\" not in text:
+        return text
+    return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), text)
 
 
 def real_mounts(
     paths: HostPaths,
     exclude_mounts: re.Pattern[str] = IGNORED_MOUNTS,
     exclude_fstypes: re.Pattern[str] | None = None,
+    *,
+    text: str | None = None,
 ) -> list[tuple[str, str, str]]:
     """``(device, mountpoint, fstype)`` of storage mounts, one per device, pseudo filesystems excluded."""
     seen: set[str] = set()
     out: list[tuple[str, str, str]] = []
-    for line in paths.mounts_file().read_text().splitlines():
+    for line in (paths.mounts_file().read_text() if text is None else text).splitlines():
         parts = line.split()
         if len(parts) < 3:
             continue
@@ -212,11 +219,12 @@ MountStat = tuple[dict[str, str], os.statvfs_result]
 class MountWalker:
     """One walk of the host's mounts per cycle, shared by disk_usage and filesystem.
 
-    Each ``statvfs`` runs in a helper thread under ``timeout``: a mount that does not answer
-    (a dead NFS server) is marked stuck, skipped — and counted in ``skipped`` — until that call
-    returns, as node_exporter's filesystem collector does; the helper it holds is abandoned and
-    a fresh one takes the remaining mounts. A walk younger than ``max_age`` is reused, so the
-    second collector of a cycle gets the first one's result.
+    The ``statvfs`` calls of a walk run one after another in a helper thread (one hand-off per
+    walk), watched from the loop: when ``timeout`` passes without the helper finishing another
+    mount, that mount (a dead NFS server) is marked stuck, skipped — and counted in ``skipped``
+    — until its call returns, as node_exporter's filesystem collector does; the helper it holds
+    is abandoned and a fresh one takes the remaining mounts. A walk younger than ``max_age`` is
+    reused, so the second collector of a cycle gets the first one's result.
     """
 
     def __init__(
@@ -237,52 +245,80 @@ class MountWalker:
         self.skipped = 0
         """Stat calls skipped because their mount was stuck (cumulative)."""
         self._clock = clock
-        self._lock = threading.Lock()
+        self._lock = asyncio.Lock()
         self._at = -math.inf
         self._result: list[MountStat] = []
-        self._stuck: dict[str, concurrent.futures.Future[os.statvfs_result]] = {}
+        self._stuck: dict[str, asyncio.Future[None]] = {}
         self._helper: concurrent.futures.ThreadPoolExecutor | None = None
+        self._mounts_text = ""
+        self._mounts: list[tuple[str, str, str]] = []
+
+    def _real_mounts(self) -> list[tuple[str, str, str]]:
+        """``real_mounts``, parsed again only when the mount table changed (it rarely does)."""
+        text = self.paths.mounts_file().read_text()
+        if text != self._mounts_text:
+            self._mounts = real_mounts(self.paths, self.exclude_mounts, self.exclude_fstypes, text=text)
+            self._mounts_text = text
+        return self._mounts
 
     @property
     def stuck(self) -> list[str]:
         return sorted(m for m, f in self._stuck.items() if not f.done())
 
-    def stats(self) -> list[MountStat]:
-        with self._lock:
+    async def stats(self) -> list[MountStat]:
+        async with self._lock:
             if self._clock() - self._at >= self.max_age:
-                self._result = self._walk()
+                self._result = await self._walk()
                 self._at = self._clock()
             return self._result
 
-    def _stat(self, mountpoint: str) -> concurrent.futures.Future[os.statvfs_result]:
-        if self._helper is None:
-            self._helper = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="statvfs")
-        return self._helper.submit(os.statvfs, self.paths.host_path(mountpoint))
-
-    def _walk(self) -> list[MountStat]:
-        out: list[MountStat] = []
-        for device, mountpoint, fstype in real_mounts(self.paths, self.exclude_mounts, self.exclude_fstypes):
-            stuck = self._stuck.get(mountpoint)
-            if stuck is not None:
-                if not stuck.done():
-                    self.skipped += 1
-                    continue
-                del self._stuck[mountpoint]
-                log.info("mount_answers_again", mountpoint=mountpoint)
-            future = self._stat(mountpoint)
+    def _stat_all(
+        self, mounts: Sequence[tuple[str, str, str]], done: list[tuple[tuple[str, str, str], Any]]
+    ) -> None:
+        for mount in mounts:
             try:
-                st = future.result(timeout=self.timeout)
-            except concurrent.futures.TimeoutError:
-                self._stuck[mountpoint] = future
-                self.skipped += 1
-                log.warning("mount_stuck_skipping", mountpoint=mountpoint, device=device, timeout=self.timeout)
-                assert self._helper is not None
-                self._helper.shutdown(wait=False)  # its one thread waits in the kernel; leave it there
-                self._helper = None
-                continue
+                st: os.statvfs_result | None = os.statvfs(self.paths.host_path(mount[1]))
             except OSError:
-                continue  # unmounted between listing and stat, or not visible from here
-            out.append(({"device": device, "mountpoint": mountpoint, "fstype": fstype}, st))
+                st = None  # unmounted between listing and stat, or not visible from here
+            done.append((mount, st))
+
+    async def _walk(self) -> list[MountStat]:
+        todo = []
+        for mount in self._real_mounts():
+            stuck = self._stuck.get(mount[1])
+            if stuck is not None and not stuck.done():
+                self.skipped += 1
+                continue
+            if stuck is not None:
+                del self._stuck[mount[1]]
+                log.info("mount_answers_again", mountpoint=mount[1])
+            todo.append(mount)
+        loop = asyncio.get_running_loop()
+        out: list[MountStat] = []
+        while todo:
+            if self._helper is None:
+                self._helper = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="statvfs")
+            done: list[tuple[tuple[str, str, str], Any]] = []
+            walk = loop.run_in_executor(self._helper, self._stat_all, todo, done)
+            stuck_at = None
+            while not walk.done():
+                seen = len(done)
+                await asyncio.wait({walk}, timeout=self.timeout)
+                if not walk.done() and len(done) == seen:
+                    stuck_at = seen
+                    break
+            for (device, mountpoint, fstype), st in list(done):
+                if st is not None:
+                    out.append(({"device": device, "mountpoint": mountpoint, "fstype": fstype}, st))
+            if stuck_at is None:
+                break
+            device, mountpoint, _ = todo[stuck_at]
+            self._stuck[mountpoint] = walk
+            self.skipped += 1
+            log.warning("mount_stuck_skipping", mountpoint=mountpoint, device=device, timeout=self.timeout)
+            self._helper.shutdown(wait=False)  # its one thread waits in the kernel; leave it there
+            self._helper = None
+            todo = todo[stuck_at + 1 :]
         return out
 
 
@@ -296,9 +332,9 @@ class DiskUsageCollector:
     def skipped(self) -> int:
         return self.walker.skipped
 
-    def collect(self) -> list[Sample]:
+    async def collect(self) -> list[Sample]:
         out: list[Sample] = []
-        for tags, st in self.walker.stats():
+        for tags, st in await self.walker.stats():
             if st.f_blocks == 0:
                 continue
             total = st.f_blocks * st.f_frsize
@@ -326,9 +362,9 @@ class FilesystemCollector:
     def skipped(self) -> int:
         return self.walker.skipped
 
-    def collect(self) -> list[Sample]:
+    async def collect(self) -> list[Sample]:
         out: list[Sample] = []
-        for tags, st in self.walker.stats():
+        for tags, st in await self.walker.stats():
             if st.f_files == 0:
                 continue  # filesystems without inode accounting (btrfs reports 0)
             used = st.f_files - st.f_ffree
@@ -403,22 +439,33 @@ _STATES: Final = {
 }
 
 
+_STATE_NAMES: Final = ("running", "sleeping", "blocked", "zombie", "stopped", "idle")
+
+
 def make_processes_reader(paths: HostPaths) -> Callable[[], list[Sample]]:
+    proc = str(paths.proc)
+    states = {ord(k): v for k, v in _STATES.items()}
+
     def read() -> list[Sample]:
-        counts = dict.fromkeys(("running", "sleeping", "blocked", "zombie", "stopped", "idle"), 0)
+        # Hot: one stat file per process. os.open/read/close skip the file object, a third of the cost.
+        counts = dict.fromkeys(_STATE_NAMES, 0)
         total = 0
-        for entry in os.scandir(paths.proc):
-            if not entry.name.isdigit():
+        for name in os.listdir(proc):
+            if not name.isdigit():
                 continue
             try:
-                with open(os.path.join(entry.path, "stat"), "rb") as fh:
-                    stat = fh.read()
+                fd = os.open(f"{proc}/{name}/stat", os.O_RDONLY)
             except OSError:
-                continue  # the process exited between listing and reading
+                continue  # the process exited between listing and opening
+            try:
+                stat = os.read(fd, 512)
+            except OSError:
+                continue
+            finally:
+                os.close(fd)
             total += 1
             # The command may contain spaces and parentheses; the state follows the last ')'.
-            state = chr(stat[stat.rfind(b")") + 2])
-            bucket = _STATES.get(state)
+            bucket = states.get(stat[stat.rfind(b")") + 2])
             if bucket is not None:
                 counts[bucket] += 1
         out = [Sample("system.processes.total", float(total))]
@@ -474,6 +521,7 @@ registry.register(
             ("system.cpu.steal", "%", "G", (), "Time stolen by the hypervisor (Linux)"),
         ),
         trusted=True,
+        inline=True,
     )
 )
 registry.register(
@@ -482,6 +530,7 @@ registry.register(
         _reader(lambda _ctx: CpuCoreReader()),
         _metrics("cpu_core", ("system.cpu.core.usage", "%", "G", ("core",), "Busy share per logical core")),
         trusted=True,
+        inline=True,
     )
 )
 registry.register(
@@ -499,6 +548,7 @@ registry.register(
             ("system.memory.usage", "%", "G", (), "(total - available) / total"),
         ),
         trusted=True,
+        inline=True,
     )
 )
 registry.register(
@@ -515,6 +565,7 @@ registry.register(
             ("system.swap.out", "bytes/s", "C", (), "Swapped out to disk"),
         ),
         trusted=True,
+        inline=True,
     )
 )
 registry.register(
@@ -528,6 +579,7 @@ registry.register(
             ("system.load.15", "", "G", (), "15-minute load average"),
         ),
         trusted=True,
+        inline=True,
     )
 )
 registry.register(
@@ -566,6 +618,7 @@ registry.register(
         ),
         options={"exclude_devices": "regex of devices to skip (replaces the default: partitions, loop, ram, dm)"},
         trusted=True,
+        inline=True,
     )
 )
 registry.register(
@@ -587,6 +640,7 @@ registry.register(
             "exclude_interfaces": "regex of interfaces to skip (replaces the default: lo, veth, cni, docker, ...)"
         },
         trusted=True,
+        inline=True,
     )
 )
 registry.register(
@@ -610,6 +664,7 @@ registry.register(
         _reader(lambda ctx: make_uptime_reader(ctx.paths)),
         _metrics("uptime", ("system.uptime", "s", "G", (), "Seconds since boot")),
         trusted=True,
+        inline=True,
     )
 )
 registry.register(
@@ -627,5 +682,6 @@ registry.register(
             ("system.processes.idle", "processes", "G", (), "State I (kernel idle threads)"),
         ),
         trusted=True,
+        inline=True,
     )
 )

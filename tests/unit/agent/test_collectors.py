@@ -321,7 +321,7 @@ def _mounts(tmp_path: Path, *mountpoints: str) -> HostPaths:
     return HostPaths(proc=tmp_path, root=tmp_path / "host", in_container=True)
 
 
-def test_disk_usage_and_filesystem_share_one_walk_of_the_mounts(
+async def test_disk_usage_and_filesystem_share_one_walk_of_the_mounts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     paths = _mounts(tmp_path, "/", "/data")
@@ -340,13 +340,14 @@ def test_disk_usage_and_filesystem_share_one_walk_of_the_mounts(
     built = runner.build_collectors(configs, paths, max_timeout=1.0)
     disk, fs = (g.collector for g in built.collectors)
     assert disk.walker is fs.walker  # type: ignore[attr-defined]
-    disk_samples, fs_samples = disk.collect(), fs.collect()
+    cycle = await run_cycle(built.collectors)
+    disk_samples, fs_samples = cycle.outcomes["disk_usage"].samples, cycle.outcomes["filesystem"].samples
     assert len(stats) == 2  # one statvfs per mount for both collectors
     assert {s.tags["mountpoint"] for s in disk_samples} == {"/", "/data"}
     assert {s.name for s in fs_samples} >= {"system.filesystem.inodes.total"}
 
 
-def test_a_stuck_mount_is_skipped_and_counted_and_the_others_still_reported(
+async def test_a_stuck_mount_is_skipped_and_counted_and_the_others_still_reported(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Issue 10: both filesystem collectors hung on a dead NFS mount."""
@@ -363,26 +364,27 @@ def test_a_stuck_mount_is_skipped_and_counted_and_the_others_still_reported(
     walker = system.MountWalker(paths, timeout=0.1, max_age=0.0)
     try:
         started = time.monotonic()
-        first = {tags["mountpoint"] for tags, _ in walker.stats()}
+        first = {tags["mountpoint"] for tags, _ in await walker.stats()}
         assert time.monotonic() - started < 1.0
-        second = {tags["mountpoint"] for tags, _ in walker.stats()}
+        second = {tags["mountpoint"] for tags, _ in await walker.stats()}
         assert first == second == {"/", "/data"}
         assert walker.stuck == ["/nfs"]
         assert walker.skipped == 2  # timed out once, then skipped without another stuck thread
         release.set()
-        time.sleep(0.1)
-        assert {tags["mountpoint"] for tags, _ in walker.stats()} == {"/", "/nfs", "/data"}
+        await asyncio.sleep(0.1)
+        assert {tags["mountpoint"] for tags, _ in await walker.stats()} == {"/", "/nfs", "/data"}
         assert walker.stuck == []
     finally:
         release.set()
 
 
-def test_disk_free_is_f_bfree_and_available_is_f_bavail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_disk_free_is_f_bfree_and_available_is_f_bavail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     paths = _mounts(tmp_path, "/")
     # 1000 blocks of 4 KiB: 300 free, of which 250 available to non-root (50 reserved).
     fake = os.statvfs_result((4096, 4096, 1000, 300, 250, 100, 40, 40, 0, 255))
     monkeypatch.setattr(system.os, "statvfs", lambda _p: fake)
-    samples = {s.name: s.value for s in system.DiskUsageCollector("d", system.MountWalker(paths)).collect()}
+    collector = system.DiskUsageCollector("d", system.MountWalker(paths))
+    samples = {s.name: s.value for s in await collector.collect()}
     assert samples["system.disk.free"] == 300 * 4096
     assert samples["system.disk.available"] == 250 * 4096
     assert samples["system.disk.used"] == 700 * 4096
