@@ -89,6 +89,7 @@ def _run(args: argparse.Namespace) -> int:
     import asyncio  # noqa: PLC0415
 
     from observatory_agent import logs  # noqa: PLC0415
+    from observatory_agent.sinks.buffer import BufferLockedError  # noqa: PLC0415
 
     limit_malloc_arenas()
     logs.configure()
@@ -96,6 +97,10 @@ def _run(args: argparse.Namespace) -> int:
         asyncio.run(_serve(args))
     except KeyboardInterrupt:
         return 130
+    except BufferLockedError as exc:
+        # The previous agent on this node still flushes into the shared buffer: exit, be restarted.
+        print(f"observatory-agent: {exc}", file=sys.stderr)
+        return 1
     # Everything worth keeping is written or fsynced in the buffer by now. A collector thread
     # stuck in the kernel (statvfs on a dead NFS mount) would block the interpreter's thread
     # join forever, so leave without it.
@@ -136,10 +141,6 @@ async def _serve(args: argparse.Namespace) -> None:
     app = server.make_app(telemetry, agent.status, lambda: agent.ready)
     http = await server.start(app, bind, port)
     log.info("agent_started", version=__version__, node=node, listen=f"{bind}:{port}", config_hash=loaded.hash)
-    if os.environ.get("XX_FREEZE"):
-        import gc  # noqa: PLC0415
-        gc.collect()
-        gc.freeze()
     try:
         await agent.run(stop)
     finally:

@@ -52,10 +52,21 @@ STATUS_SCHEMA_VERSION: Final = 2
 SHUTDOWN_FLUSH_BUDGET: Final = 5.0
 """Seconds the final drain may try InfluxDB; the windows are on disk before it starts."""
 SELF_MEASUREMENT: Final = "observatory.agent"
+SELF_FIELDS: Final = (
+    "series",
+    "samples",
+    "buffered_points",
+    "write_errors",
+    "dropped_samples",
+    "dropped_series",
+    "collector_errors",
+    "last_write_age_seconds",
+)
+"""The fields of the agent's own point, each window (the README documents each)."""
+TAG_CACHE_ENTRIES: Final = 4096
+"""Tag sets whose merged series key is remembered between cycles (the host's few hundred fit)."""
 STEP_TOLERANCE: Final = 1.0
 """Seconds the wall clock may disagree with the monotonic one before it counts as a step."""
-CONFIG_POLL_EVERY: Final = 2.0
-"""Seconds between checks of the config files for a change."""
 RETRY_MIN, RETRY_MAX = 1.0, 30.0
 """Seconds between drain attempts while InfluxDB fails (doubling, jittered), besides each window close."""
 
@@ -154,7 +165,6 @@ class Agent:
         self._partials_errors_seen = 0
         self._config_hash_label: str | None = None
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
-        self._next_poll = 0.0
 
     # --- state for /status and /readyz --------------------------------------------------------
 
@@ -335,8 +345,8 @@ class Agent:
         if not samples:
             return 0
         base, identity, cache = self._base_tags, self._identity, self._tag_keys
-        if len(cache) > 4 * agg.max_series:
-            cache.clear()  # bounded: series that vanished must not pile up here
+        if len(cache) > TAG_CACHE_ENTRIES:
+            cache.clear()  # bounded: a scrape of many label sets must not grow it past the windows themselves
         add, add_counter = agg.add, agg.add_counter
         for s in samples:
             tags = s.tags
@@ -562,13 +572,10 @@ class Agent:
             # is the honest stamp; while the clock is held after a backward step, the held time.
             tick = min(next_tick, now) if now - next_tick < interval else now
             self.close_windows(self._aggregator.close(tick))
-            if self.timeline.mono() >= self._next_poll:
-                # Mounted ConfigMaps change within a minute or so anyway; a stat every cycle buys nothing.
-                self._next_poll = self.timeline.mono() + CONFIG_POLL_EVERY
-                changed = self.watcher.poll()
-                self._sync_reload_metrics()
-                if changed is not None:
-                    self.close_windows(self.apply(changed))
+            changed = self.watcher.poll()
+            self._sync_reload_metrics()
+            if changed is not None:
+                self.close_windows(self.apply(changed))
             await self.cycle(tick)
         await self.shutdown()
 

@@ -55,6 +55,12 @@ def parse_exposition(
     """
     from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415 - lazy: only when scraping
 
+    if sample_limit is not None:
+        # The parser builds a whole family before yielding it: refuse a flood before parsing it.
+        # Lines not starting with '#' bound the samples; _created lines (skipped) may double them.
+        lines = text.count("\n") + 1 - text.count("\n#") - text.startswith("#")
+        if lines > 2 * sample_limit:
+            raise ScrapeLimitError(f"{lines} sample lines, more than sample_limit={sample_limit}")
     out: list[Sample] = []
     extra = extra_tags or {}
     for family in text_string_to_metric_families(text):
@@ -107,9 +113,16 @@ class ApplicationCollector:
             resp.raise_for_status()
             if (resp.content_length or 0) > self.max_body_bytes:
                 raise ScrapeLimitError(f"body of {resp.content_length} bytes exceeds max_body_bytes")
-            body = await resp.content.read(self.max_body_bytes + 1)
-            if len(body) > self.max_body_bytes:
-                raise ScrapeLimitError(f"body exceeds max_body_bytes={self.max_body_bytes}")
+            body = bytearray()
+            lines = 0
+            async for chunk in resp.content.iter_chunked(1 << 16):
+                body += chunk
+                if len(body) > self.max_body_bytes:
+                    raise ScrapeLimitError(f"body exceeds max_body_bytes={self.max_body_bytes}")
+                # Stop reading a flood early: lines bound samples (twice over, for comments and _created).
+                lines += chunk.count(b"\n")
+                if lines > 2 * self.sample_limit:
+                    raise ScrapeLimitError(f"more than {lines} lines: over sample_limit={self.sample_limit}")
         text = body.decode(resp.charset or "utf-8", "replace")
         # Parsing a large exposition is CPU work; keep it off the loop.
         return await asyncio.to_thread(

@@ -114,7 +114,7 @@ class Guard:
         self.name = collector.name
         self.timeout = timeout
         self.trusted = trusted
-        self.inline = inline and not inspect.iscoroutinefunction(collector.collect)
+        self.inline = inline
         self._async = inspect.iscoroutinefunction(collector.collect)
         self._thread: concurrent.futures.ThreadPoolExecutor | None = None
         self._inflight: asyncio.Future[Any] | None = None
@@ -135,7 +135,7 @@ class Guard:
         self._inflight = future
         return future
 
-    def finish(self, future: asyncio.Future[Any] | None, duration: float) -> Outcome:  # noqa: PLR0911
+    def finish(self, future: asyncio.Future[Any] | None, duration: float) -> Outcome:
         """The outcome of the collection ``start`` began (None: it was busy)."""
         if future is None:
             return self._failed("busy", "previous collection still running", duration)
@@ -155,6 +155,18 @@ class Guard:
         started = clock()
         try:
             result = self.collector.collect()
+        except Exception as exc:  # a reader's failure is its collector's error, not the cycle's
+            return self._failed("error", f"{type(exc).__name__}: {exc}", clock() - started)
+        return self._accept(result, clock() - started)
+
+    async def await_inline(self, clock: Callable[[], float]) -> Outcome:
+        """An inline async collector, awaited in place (no task): it awaits only bounded waits itself."""
+        started = clock()
+        try:
+            async with asyncio.timeout(self.timeout):
+                result = await self.collector.collect()
+        except TimeoutError:
+            return self._failed("timeout", f"no result within {self.timeout:g}s", clock() - started)
         except Exception as exc:  # a reader's failure is its collector's error, not the cycle's
             return self._failed("error", f"{type(exc).__name__}: {exc}", clock() - started)
         return self._accept(result, clock() - started)
@@ -227,8 +239,11 @@ async def run_cycle(guards: Sequence[Guard]) -> CycleResult:
         started.append((guard, future))
     # The inline readers run while the threads and tasks started above do their work.
     for guard in guards:
-        if guard.inline:
+        if guard.inline and not guard._async:
             result.outcomes[guard.name] = guard.run_inline(time.perf_counter)
+    for guard in guards:
+        if guard.inline and guard._async:
+            result.outcomes[guard.name] = await guard.await_inline(time.perf_counter)
     pending = {f for _, f in started if f is not None}
     # One wait per distinct timeout (usually one): collectors share the cycle's deadlines.
     for limit in sorted({g.timeout for g, f in started if f is not None}):

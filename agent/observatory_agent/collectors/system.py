@@ -60,6 +60,10 @@ PSEUDO_FILESYSTEMS: Final = frozenset(
         "fuse.portal",
     }
 )
+NETWORK_FILESYSTEMS: Final = re.compile(
+    r"^(nfs4?|cifs|smb3?|ceph|glusterfs|9p|afs|lustre|gpfs|beegfs|ocfs2|gfs2|davfs|sshfs|fuse\..*|fuse)$"
+)
+"""Filesystems whose statvfs asks a server (or a user process) and can hang: these go through the helper."""
 IGNORED_MOUNTS: Final = re.compile(
     r"^/(dev|proc|run/credentials/.+|sys|var/lib/docker/.+|var/lib/containers/storage/.+|"
     r"var/lib/kubelet/pods/.+|run/containerd/.+|snap/.+)($|/)"
@@ -219,10 +223,11 @@ MountStat = tuple[dict[str, str], os.statvfs_result]
 class MountWalker:
     """One walk of the host's mounts per cycle, shared by disk_usage and filesystem.
 
-    The ``statvfs`` calls of a walk run one after another in a helper thread (one hand-off per
-    walk), watched from the loop: when ``timeout`` passes without the helper finishing another
-    mount, that mount (a dead NFS server) is marked stuck, skipped — and counted in ``skipped``
-    — until its call returns, as node_exporter's filesystem collector does; the helper it holds
+    A local filesystem answers ``statvfs`` from memory, on the loop. Network and FUSE
+    filesystems (``NETWORK_FILESYSTEMS``) are asked one after another in a helper thread,
+    watched from the loop: when ``timeout`` passes without the helper finishing another mount,
+    that mount (a dead NFS server) is marked stuck, skipped — and counted in ``skipped`` —
+    until its call returns, as node_exporter's filesystem collector does; the helper it holds
     is abandoned and a fresh one takes the remaining mounts. A walk younger than ``max_age`` is
     reused, so the second collector of a cycle gets the first one's result.
     """
@@ -272,9 +277,7 @@ class MountWalker:
                 self._at = self._clock()
             return self._result
 
-    def _stat_all(
-        self, mounts: Sequence[tuple[str, str, str]], done: list[tuple[tuple[str, str, str], Any]]
-    ) -> None:
+    def _stat_all(self, mounts: Sequence[tuple[str, str, str]], done: list[tuple[tuple[str, str, str], Any]]) -> None:
         for mount in mounts:
             try:
                 st: os.statvfs_result | None = os.statvfs(self.paths.host_path(mount[1]))
@@ -282,8 +285,9 @@ class MountWalker:
                 st = None  # unmounted between listing and stat, or not visible from here
             done.append((mount, st))
 
-    async def _walk(self) -> list[MountStat]:
+    async def _walk(self) -> list[MountStat]:  # noqa: PLR0912 - local, stuck and helper mounts in one pass
         todo = []
+        local: list[MountStat] = []
         for mount in self._real_mounts():
             stuck = self._stuck.get(mount[1])
             if stuck is not None and not stuck.done():
@@ -292,9 +296,18 @@ class MountWalker:
             if stuck is not None:
                 del self._stuck[mount[1]]
                 log.info("mount_answers_again", mountpoint=mount[1])
-            todo.append(mount)
+            if NETWORK_FILESYSTEMS.match(mount[2]):
+                todo.append(mount)
+                continue
+            try:
+                st = os.statvfs(self.paths.host_path(mount[1]))
+            except OSError:
+                continue  # unmounted between listing and stat, or not visible from here
+            local.append(({"device": mount[0], "mountpoint": mount[1], "fstype": mount[2]}, st))
+        out: list[MountStat] = local
+        if not todo:
+            return out
         loop = asyncio.get_running_loop()
-        out: list[MountStat] = []
         while todo:
             if self._helper is None:
                 self._helper = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="statvfs")
@@ -602,6 +615,7 @@ registry.register(
         ),
         options=_MOUNT_OPTIONS,
         trusted=True,
+        inline=True,
     )
 )
 registry.register(
@@ -656,6 +670,7 @@ registry.register(
         ),
         options=_MOUNT_OPTIONS,
         trusted=True,
+        inline=True,
     )
 )
 registry.register(

@@ -20,13 +20,20 @@ rewrite overwrites itself.
 
 When an append would exceed ``max_bytes``, whole oldest segments are dropped first; the
 lost points are counted in ``dropped_points`` and logged by the caller.
+
+One process owns a directory at a time: ``<dir>/.lock`` is held with ``flock`` for the buffer's
+life, so a buffer on a node's disk (a hostPath that outlives pods) is never appended to by an
+old and a new agent at once during a rollout; the newcomer waits up to ``lock_timeout`` for the
+old one to finish its final flush, then gives up with ``BufferLockedError``.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import struct
+import time
 import zlib
 from collections import deque
 from collections.abc import Sequence
@@ -42,6 +49,10 @@ _MEMORY: Final = -1
 
 _write = os.write
 """The one call that puts bytes into a segment; a unit test replaces it to tear an append."""
+
+
+class BufferLockedError(RuntimeError):
+    """Another process holds the buffer directory."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +91,7 @@ class DurableBuffer:
         segment_bytes: int | None = None,
         max_memory_bytes: int = 8 * 1024 * 1024,
         cache_bytes: int = 1024 * 1024,
+        lock_timeout: float = 30.0,
     ) -> None:
         self.directory = directory
         self.max_bytes = max_bytes
@@ -93,6 +105,7 @@ class DurableBuffer:
         """Appends that could not reach the disk, by errno name (``ENOSPC``): kept in memory instead."""
         self.last_write_error: str | None = None
         directory.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = _lock(directory / ".lock", lock_timeout)
         self._pending: deque[_Entry] = deque()
         self._points = 0
         self._pending_bytes = 0
@@ -340,3 +353,22 @@ class DurableBuffer:
 
     def close(self) -> None:
         self._close_active()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = -1
+
+
+def _lock(path: Path, timeout: float) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise BufferLockedError(
+                    f"{path.parent}: another agent holds {path.name} (waited {timeout:g}s)"
+                ) from None
+            time.sleep(0.2)

@@ -367,3 +367,76 @@ from(bucket: {flux_string(influxdb.bucket)})
     assert len(stamps) == len(set(stamps))
     assert sum(c for _, c in rows) == telemetry.cycles._value.get()  # every sample written, once
     assert stamps[-1] - stamps[0] >= 590  # both sides of the forward step
+
+
+def test_a_target_offering_200k_series_leaves_rss_bounded_and_host_metrics_flowing(
+    make_agent: Callable[..., AgentProcess], influxdb: InfluxDB
+) -> None:
+    """Issue 10, defect 6: one large target (200k series) got the agent OOM-killed under its 128Mi limit."""
+    import http.server
+    import threading
+
+    from tests.bench.peers import rss_bytes
+
+    body = "".join(f'huge_metric{{pod="p{i % 997}",id="{i}"}} {i}\n' for i in range(200_000)).encode()
+    medium = "".join(f'medium_metric{{id="{i}"}} {i}\n' for i in range(8_000)).encode()
+
+    class Exposition(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            payload = body if self.path == "/huge" else medium
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Exposition)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    targets = [f"{base}/huge", f"{base}/a", f"{base}/b"]
+    agent = make_agent(
+        "series",
+        extra={
+            "interval": "4s",
+            "window": "8s",
+            "max_series": 10_000,
+            "collectors": [
+                {"name": "memory", "kind": "memory"},
+                {"name": "uptime", "kind": "uptime"},
+                {"name": "apps", "kind": "application", "targets": targets, "timeout": "3s"},
+            ],
+        },
+    )
+    try:
+        agent.start()
+        assert agent.process is not None
+        pid = agent.process.pid
+        assert pid is not None
+        peak = 0
+        halfway = 0
+        deadline = time.time() + 40
+        while time.time() < deadline:
+            peak = max(peak, rss_bytes(pid))
+            if not halfway and time.time() > deadline - 20:
+                halfway = peak
+            time.sleep(0.2)
+        status = agent.status()
+        up = {t: agent.metric(f'observatory_agent_scrape_target_up{{collector="apps",target="{t}"}}') for t in targets}
+        dropped = agent.metric("observatory_agent_dropped_series_total")
+        assert agent.stop() == 0
+    finally:
+        server.shutdown()
+    assert peak < 110 * 1024 * 1024, f"RSS peaked at {peak / 2**20:.0f} MB"  # under the pod's 128Mi limit
+    assert peak - halfway < 5 * 1024 * 1024, f"RSS still grew: {halfway / 2**20:.0f} → {peak / 2**20:.0f} MB"
+    assert up == {targets[0]: 0, targets[1]: 1, targets[2]: 1}  # the flood refused, the others scraped
+    assert status["series"]["limit"] == 10_000
+    assert status["series"]["dropped_series"] > 0  # 2 × 8k series offered, 10k held
+    assert dropped == status["series"]["dropped_series"]
+    assert "sample_limit" in agent.log_text()
+    times = window_times(
+        influxdb, run=agent.run, measurement="system.memory.used", start=agent.started_at, stop=time.time()
+    )
+    assert len(times) >= 3  # host metrics kept flowing throughout

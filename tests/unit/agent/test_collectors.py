@@ -314,8 +314,13 @@ def test_local_host_paths_read_this_machine() -> None:
 
 
 def _mounts(tmp_path: Path, *mountpoints: str) -> HostPaths:
+    """A mount table; ``/nfs...`` mounts are NFS, the rest ext4."""
     (tmp_path / "1").mkdir(exist_ok=True)
-    (tmp_path / "1" / "mounts").write_text("".join(f"/dev/x{i} {m} ext4 rw 0 0\n" for i, m in enumerate(mountpoints)))
+    (tmp_path / "1" / "mounts").write_text(
+        "".join(
+            f"/dev/x{i} {m} {'nfs4' if m.startswith('/nfs') else 'ext4'} rw 0 0\n" for i, m in enumerate(mountpoints)
+        )
+    )
     for m in mountpoints:
         (tmp_path / "host" / m.lstrip("/")).mkdir(parents=True, exist_ok=True)
     return HostPaths(proc=tmp_path, root=tmp_path / "host", in_container=True)

@@ -222,7 +222,7 @@ def test_buffer_replays_batches_in_order_after_reopen(tmp_path: Path) -> None:
     reopened.ack(second)
     assert reopened.peek() is None
     assert reopened.disk_bytes == 0
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == [".lock"]  # every segment deleted once delivered
 
 
 def test_buffer_survives_sigkill(tmp_path: Path) -> None:
@@ -252,7 +252,7 @@ def test_torn_tail_record_is_ignored_and_earlier_ones_kept(tmp_path: Path) -> No
     buf.append(["ok 1"])
     buf.append(["torn 2"])
     buf.close()
-    (segment,) = tmp_path.iterdir()
+    (segment,) = tmp_path.glob("seg-*")
     segment.write_bytes(segment.read_bytes()[:-3])  # a write cut short by a crash
     reopened = DurableBuffer(tmp_path, 1 << 20)
     record = reopened.peek()
@@ -367,11 +367,12 @@ async def test_a_window_is_on_disk_before_any_request_is_sent(tmp_path: Path) ->
 
     delivery = Delivery(Hung(), buffer, batch_size=2)  # type: ignore[arg-type]
     delivery.enqueue(["a 1", "b 2", "c 3"])
+    assert len(buffer) == 2  # one record per batch
     drain = asyncio.create_task(delivery.drain(budget=60))
     await asyncio.sleep(0.05)
     drain.cancel()  # SIGTERM during the hang
+    buffer.close()  # the process ends; its lock goes with it
     assert _drain_lines(DurableBuffer(tmp_path, 1 << 20)) == ["a 1", "b 2", "c 3"]
-    assert len(buffer) == 2  # one record per batch
 
 
 async def test_a_refused_batch_is_counted_with_influxdbs_message_and_its_siblings_are_written(tmp_path: Path) -> None:
@@ -642,3 +643,25 @@ def test_a_first_write_of_many_batches_loads_the_client_once_and_fails_retryably
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "retryable True"
+
+
+def test_one_process_at_a_time_owns_a_buffer_directory(tmp_path: Path) -> None:
+    """A buffer on the node's disk outlives pods: an old and a new agent must never append to it together."""
+    first = DurableBuffer(tmp_path, 1 << 20)
+    first.append(["a 1"])
+    script = textwrap.dedent(
+        f"""
+        from pathlib import Path
+        from observatory_agent.sinks.buffer import BufferLockedError, DurableBuffer
+        try:
+            DurableBuffer(Path({str(tmp_path)!r}), 1 << 20, lock_timeout=0.3)
+        except BufferLockedError as exc:
+            print("locked:", exc)
+        """
+    )
+    held = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=30)
+    assert held.stdout.startswith("locked:")
+    assert "another agent holds" in held.stdout
+    first.close()
+    free = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=30)
+    assert free.stdout == ""
