@@ -30,6 +30,7 @@ SERIES = int(os.environ.get("BENCH_WRITE_SERIES", "2000"))
 WINDOWS = int(os.environ.get("BENCH_WRITE_WINDOWS", "50"))
 BATCH = 5000
 GZIP_LEVEL = 9
+SHIPPED_GZIP_LEVEL = 1
 IN_FLIGHT = 4
 T0 = 1_800_000_000.0 - 7 * 86400  # a fixed past week, inside the bucket's infinite retention
 
@@ -59,7 +60,7 @@ def _metrics(side: str, offset: float) -> list[AggregatedMetric]:
     return out
 
 
-def _ours(influx: InfluxDB, metrics: list[AggregatedMetric]) -> tuple[float, float]:
+def _ours(influx: InfluxDB, metrics: list[AggregatedMetric], gzip_level: int) -> tuple[float, float]:
     """Seconds to encode, and seconds for the writer to get the lines acknowledged."""
     writer = InfluxWriter(
         WriterSettings(
@@ -68,7 +69,7 @@ def _ours(influx: InfluxDB, metrics: list[AggregatedMetric]) -> tuple[float, flo
             bucket=influx.bucket,
             token=influx.token,
             batch_size=BATCH,
-            gzip_level=GZIP_LEVEL,
+            gzip_level=gzip_level,
             max_in_flight=IN_FLIGHT,
         )
     )
@@ -138,13 +139,17 @@ from(bucket: "{influx.bucket}")
 
 def test_write_throughput_to_influxdb(report: Report, influxdb: InfluxDB) -> None:
     side = f"{time.time_ns()}"  # this run's series only
-    ours_metrics = _metrics(f"agent-{side}", 0.0)
+    equal_metrics = _metrics(f"agent9-{side}", 0.0)
+    shipped_metrics = _metrics(f"agent1-{side}", 0.0)
     peer_metrics = _metrics(f"point-{side}", 0.0)
-    n = len(ours_metrics)
-    encode_s, write_s = _ours(influxdb, ours_metrics)
+    n = len(equal_metrics)
+    encode_s, write_s = _ours(influxdb, equal_metrics, GZIP_LEVEL)
+    shipped_encode_s, shipped_write_s = _ours(influxdb, shipped_metrics, SHIPPED_GZIP_LEVEL)
     peer_s = _peer(influxdb, peer_metrics)
-    stored, peer_stored = _stored(influxdb, f"agent-{side}"), _stored(influxdb, f"point-{side}")
-    rate, peer_rate = n / (encode_s + write_s), n / peer_s
+    stored = _stored(influxdb, f"agent9-{side}")
+    shipped_stored = _stored(influxdb, f"agent1-{side}")
+    peer_stored = _stored(influxdb, f"point-{side}")
+    rate, shipped_rate, peer_rate = n / (encode_s + write_s), n / (shipped_encode_s + shipped_write_s), n / peer_s
     report.add(
         f"writes to influxd, one process, AggregatedMetric → acknowledged and counted back ({n:,} points × 11 "
         f"fields; both sides {BATCH:,}/request, gzip level {GZIP_LEVEL}, {IN_FLIGHT} in flight)",
@@ -152,11 +157,23 @@ def test_write_throughput_to_influxdb(report: Report, influxdb: InfluxDB) -> Non
         f"stored {stored:,})",
         peer=f"influxdb-client Point API {peer_rate / 1e3:,.0f}k/s (stored {peer_stored:,})",
         ratio=f"{rate / peer_rate:.1f}×",
-        target="≥ 50k points/s",
-        met=rate >= 50_000 and stored == n and peer_stored == n,
+        target="≥ 1.0× the peer; every point stored",
+        met=rate >= peer_rate and stored == n and peer_stored == n,
         key="writes.throughput",
         group="writes",
+        values={"ours": rate, "peer": peer_rate, "stored": stored, "peer_stored": peer_stored},
     )
-    assert stored == n, f"ours: {stored:,} of {n:,} points stored"
+    report.add(
+        f"writes to influxd as the agent ships them (gzip level {SHIPPED_GZIP_LEVEL}, {BATCH:,}/request, "
+        f"{IN_FLIGHT} in flight), {n:,} points counted back",
+        ours=f"{shipped_rate / 1e3:,.0f}k points/s (stored {shipped_stored:,})",
+        target="≥ 50k points/s",
+        met=shipped_rate >= 50_000 and shipped_stored == n,
+        key="writes.shipped",
+        group="writes",
+        values={"ours": shipped_rate, "stored": shipped_stored},
+    )
+    assert stored == shipped_stored == n, f"ours: {stored:,} / {shipped_stored:,} of {n:,} points stored"
     assert peer_stored == n, f"peer: {peer_stored:,} of {n:,} points stored"
-    assert rate >= 50_000
+    assert rate >= peer_rate
+    assert shipped_rate >= 50_000

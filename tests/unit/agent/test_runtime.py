@@ -16,7 +16,7 @@ from pathlib import Path
 from observatory_agent import server
 from observatory_agent.collectors.host import HostPaths
 from observatory_agent.config import ConfigWatcher
-from observatory_agent.runtime import Agent
+from observatory_agent.runtime import SELF_FIELDS, Agent
 from observatory_agent.sinks.buffer import DurableBuffer
 from observatory_agent.telemetry import Telemetry
 
@@ -109,6 +109,17 @@ async def test_endpoints_report_health_readiness_status_and_metrics(tmp_path: Pa
         assert "observatory_agent_cycles_total" in metrics
         assert "observatory_agent_cycle_duration_seconds_bucket" in metrics
         assert "observatory_agent_buffered_points" in metrics
+        assert 'observatory_agent_collector_duration_seconds{collector="memory"}' in metrics
+        assert 'observatory_agent_collector_last_success_timestamp_seconds{collector="load"}' in metrics
+        assert f'observatory_agent_config_info{{hash="{json.loads(body)["config_hash"]}"}} 1.0' in metrics
+        assert "observatory_agent_window_close_lateness_seconds_bucket" in metrics
+        assert "observatory_agent_write_duration_seconds_bucket" in metrics
+        assert "observatory_agent_buffer_corrupt_records_total" in metrics
+        assert "observatory_agent_partials_errors_total" in metrics
+        status = json.loads(body)
+        assert status["schema_version"] == 2
+        assert status["collectors"]["memory"]["last_error"] is None
+        assert status["collectors"]["memory"]["last_success"] is not None
         stop.set()
         await asyncio.wait_for(task, timeout=10)
     finally:
@@ -215,6 +226,8 @@ async def test_each_window_carries_the_agents_own_health_point(tmp_path: Path) -
     assert len(own) >= 2
     tags = dict(t.split("=", 1) for t in own[-1].split(" ")[0].split(",")[1:])
     assert tags == {"cluster": "default", "collector": "nodes", "host": "h1", "namespace": "team-a", "node": "n1"}
+    fields = {f.split("=", 1)[0] for f in own[-1].split(" ")[1].split(",")}
+    assert fields == set(SELF_FIELDS)
     for name in ("series", "samples", "buffered_points", "write_errors", "dropped_samples", "dropped_series"):
         assert _field(own[-1], name).endswith("i"), name
     assert _field(own[-1], "collector_errors") == "0i"
