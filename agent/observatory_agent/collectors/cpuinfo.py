@@ -68,5 +68,6 @@ registry.register(
             )
         ),
         trusted=True,
+        inline=True,  # after its one read in a thread, a cached list: no task per cycle
     )
 )
