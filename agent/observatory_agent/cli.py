@@ -89,6 +89,7 @@ def _run(args: argparse.Namespace) -> int:
     import asyncio  # noqa: PLC0415
 
     from observatory_agent import logs  # noqa: PLC0415
+    from observatory_agent.sinks.buffer import BufferLockedError  # noqa: PLC0415
 
     limit_malloc_arenas()
     logs.configure()
@@ -96,6 +97,10 @@ def _run(args: argparse.Namespace) -> int:
         asyncio.run(_serve(args))
     except KeyboardInterrupt:
         return 130
+    except BufferLockedError as exc:
+        # The previous agent on this node still flushes into the shared buffer: exit, be restarted.
+        print(f"observatory-agent: {exc}", file=sys.stderr)
+        return 1
     # Everything worth keeping is written or fsynced in the buffer by now. A collector thread
     # stuck in the kernel (statvfs on a dead NFS mount) would block the interpreter's thread
     # join forever, so leave without it.

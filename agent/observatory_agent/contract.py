@@ -334,6 +334,7 @@ DEFAULT_WINDOW: Final = 60.0
 DEFAULT_QUANTILES: Final = (50.0, 95.0, 99.0)
 DEFAULT_EXACT_THRESHOLD: Final = 1024
 DEFAULT_METRICS_PORT: Final = 9464
+DEFAULT_MAX_SERIES: Final = 10_000
 
 SYSTEM_COLLECTORS: Final = (
     "cpu",
@@ -423,6 +424,13 @@ class AgentConfig(BaseModel):
     processors: list[ProcessorTarget] = Field(default_factory=list)
     buffer_max_bytes: int = Field(default=64 * 1024 * 1024, ge=4096)
     buffer_dir: str = Field(default="/var/lib/observatory/buffer")
+    max_series: int = Field(
+        default=DEFAULT_MAX_SERIES, ge=1, description="Series one agent holds per window; more are dropped and counted."
+    )
+    flush_jitter: Seconds | None = Field(
+        default=None,
+        description="Random delay before each window's write (Telegraf's flush_jitter); default min(5s, window/5).",
+    )
     port: int = Field(default=DEFAULT_METRICS_PORT, ge=1, le=65535)
 
     @field_validator("quantiles")

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +29,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from observatory_agent.telemetry import Telemetry
 
+POLL_INTERVAL = 3600.0
+"""Seconds serve_forever's select() sleeps when nothing arrives: idle wake-ups cost CPU on every node."""
 IDLE_TIMEOUT = 60.0
 """Seconds a connection may sit idle (Prometheus keeps its connections alive between scrapes)."""
 HANDLER_TIMEOUT = 5.0
@@ -136,7 +140,9 @@ class Server:
 
     def __init__(self, httpd: _HTTPServer) -> None:
         self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, name="observatory-http", daemon=True)
+        self._thread = threading.Thread(
+            target=httpd.serve_forever, kwargs={"poll_interval": POLL_INTERVAL}, name="observatory-http", daemon=True
+        )
         self._thread.start()
 
     @property
@@ -145,8 +151,14 @@ class Server:
         return port
 
     async def cleanup(self) -> None:
-        # shutdown() waits for serve_forever to notice: off the loop, which handlers may be waiting on.
-        await asyncio.to_thread(self._httpd.shutdown)
+        # shutdown() waits for serve_forever to notice: off the loop, which handlers may be waiting on;
+        # a connection wakes its select() at once instead of after POLL_INTERVAL.
+        stopping = asyncio.get_running_loop().run_in_executor(None, self._httpd.shutdown)
+        while not stopping.done():
+            with contextlib.suppress(OSError):
+                host, port = self._httpd.server_address[:2]
+                socket.create_connection((str(host), int(port)), timeout=1).close()
+            await asyncio.wait({stopping}, timeout=0.2)
         self._httpd.server_close()
 
 

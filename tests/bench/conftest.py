@@ -1,51 +1,64 @@
-"""Benchmark session: collects each benchmark's rows and prints them as one table at the end.
+"""Benchmark session: collects each benchmark's rows, writes them as JSON and the README table.
 
-Benchmarks run with `make bench`, never with `make test`. Each row names the measurement,
-ours, the peer measured in the same run, the ratio and the target, and whether it was met.
-The table is also written to `.bench/results.md` for the README and the closing note.
+Benchmarks run with `make bench`, never with `make test`. Each row names the measurement, ours,
+the peer measured in the same run, the ratio and the target, and whether it was met. At the end
+the rows are merged into ``tests/bench/results.json`` and the README's table is rendered from
+that file (``tests/bench/report.py``); a missed target makes the session — and `make bench` — fail.
 """
 
 from __future__ import annotations
 
+import datetime
+import inspect
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bench import report as results
+
+ROOT = results.ROOT
 
 
-@dataclass
-class Row:
-    name: str
-    ours: str
-    peer: str
-    ratio: str
-    target: str
-    met: bool
-
-
-@dataclass
 class Report:
-    rows: list[Row] = field(default_factory=list)
+    def __init__(self) -> None:
+        self.rows: list[results.Row] = []
 
-    def add(self, name: str, *, ours: str, peer: str = "—", ratio: str = "—", target: str, met: bool) -> None:
-        self.rows.append(Row(name, ours, peer, ratio, target, met))
+    def add(
+        self,
+        name: str,
+        *,
+        ours: str,
+        peer: str = "—",
+        ratio: str = "—",
+        target: str,
+        met: bool,
+        key: str | None = None,
+        group: str | None = None,
+        values: dict[str, Any] | None = None,
+    ) -> None:
+        if group is None:  # the benchmark module's name: test_operator.py → "operator"
+            group = Path(inspect.stack()[1].filename).stem.removeprefix("test_")
+        self.rows.append(
+            results.Row(
+                key=key or f"{group}.{results.slug(name)}",
+                group=group,
+                name=name,
+                ours=ours,
+                peer=peer,
+                ratio=ratio,
+                target=target,
+                met=met,
+                measured=datetime.date.today().isoformat(),
+                values=values or {},
+            )
+        )
 
     def markdown(self) -> str:
-        lines = [
-            "| benchmark | ours | peer (same run) | ratio | target | met |",
-            "|---|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {r.name} | {r.ours} | {r.peer} | {r.ratio} | {r.target} | {'yes' if r.met else 'NO'} |"
-            for r in self.rows
-        ]
-        return "\n".join(lines)
+        return results.render(self.rows)
 
 
 _REPORT = Report()
@@ -55,7 +68,7 @@ _REPORT = Report()
 def agent_bin() -> Path:
     """``observatory-agent`` from a venv synced like the image's (``uv sync --frozen --no-dev``).
 
-    The process benchmarks (RSS, start-up) measure what ships. The repository's venv carries
+    The process benchmarks (CPU, RSS, start-up) measure what ships. The repository's venv carries
     the dev group, and structlog imports rich (import-linter's dependency) whenever it is
     installed: about 9 MB the image never loads.
     """
@@ -75,17 +88,26 @@ def report() -> Report:
     return _REPORT
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if not _REPORT.rows:
+        return
+    rows = results.merge(results.load(), _REPORT.rows)
+    results.save(rows)
+    results.write_readme(rows)
+    if any(not r.met for r in _REPORT.rows) and session.exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if not _REPORT.rows:
         return
-    text = _REPORT.markdown()
-    out = ROOT / ".bench"
-    out.mkdir(exist_ok=True)
-    (out / "results.md").write_text(text + "\n")
     terminalreporter.write_line("")
-    for line in text.splitlines():
+    for line in _REPORT.markdown().splitlines():
         terminalreporter.write_line(line)
-    terminalreporter.write_line(f"(written to {out / 'results.md'})")
+    missed = [r.name for r in _REPORT.rows if not r.met]
+    terminalreporter.write_line(f"(merged into {results.RESULTS.relative_to(ROOT)} and README.md's table)")
+    if missed:
+        terminalreporter.write_line(f"TARGETS MISSED: {'; '.join(missed)}")
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,8 @@ from observatory_agent.aggregation.series import SeriesKey, SeriesState, TagsKey
 from observatory_agent.contract import AggregatedMetric, MetricEvent, MetricType, SeriesPartial, quantile_key
 
 _floor = math.floor
+_REFUSED_TRACKED = 1 << 16
+"""Distinct refused series remembered per window (as hashes); past it the count is a floor."""
 _COUNTER = MetricType.COUNTER
 
 
@@ -55,15 +57,25 @@ class WindowAggregator:
     The add path takes plain ``(name, tags_key, value, ts)`` arguments — no model objects —
     because it runs once per sample. Samples for a window already closed are counted in
     ``late_samples`` and dropped; non-finite values in ``invalid_samples``.
+
+    At most ``max_series`` series are held per window (and as many counters primed): a sample
+    of a new series past that is refused, counted in ``limited_samples``, and its series in
+    ``dropped_series`` (distinct per window), so memory never grows with a flood of series.
     """
 
-    def __init__(self, window: float, *, exact_threshold: int, counter_ttl_windows: int = 3) -> None:
+    def __init__(
+        self, window: float, *, exact_threshold: int, counter_ttl_windows: int = 3, max_series: int = 1 << 62
+    ) -> None:
         if window <= 0:
             raise ValueError("window must be positive")
         self.window = window
         self.threshold = exact_threshold
+        self.max_series = max_series
         self.late_samples = 0
         self.invalid_samples = 0
+        self.limited_samples = 0
+        self.dropped_series = 0
+        self._refused: set[int] = set()
         self._windows: dict[int, dict[SeriesKey, SeriesState]] = {}
         self._closed_below = -(2**62)
         # The current window is cached so the common case skips the division and dict lookup.
@@ -71,7 +83,8 @@ class WindowAggregator:
         self._cur_lo = math.inf
         self._cur_hi = -math.inf
         self._cur: dict[SeriesKey, SeriesState] = {}
-        self._counters: dict[SeriesKey, tuple[float, float]] = {}
+        self._counters: dict[SeriesKey, tuple[float, float, float]] = {}
+        """Per counter series: last value, its rate clock reading, its wall time."""
         self._keys: dict[SeriesKey, SeriesKey] = {}
         self._counter_ttl = counter_ttl_windows * window
 
@@ -104,6 +117,9 @@ class WindowAggregator:
         key = (name, tags)
         state = table.get(key)
         if state is None:
+            if len(table) >= self.max_series:
+                self._refuse(key)
+                return
             # Interned keys live as long as the series, so a new window allocates only its state.
             key = self._keys.setdefault(key, key)
             state = table[key] = SeriesState()
@@ -115,25 +131,40 @@ class WindowAggregator:
         if len(values) > self.threshold:
             state.spill()
 
-    def add_counter(self, name: str, tags: TagsKey, value: float, ts: float) -> None:
-        """One reading of a monotonically increasing total, folded as a per-second rate.
+    def add_counter(self, name: str, tags: TagsKey, value: float, ts: float, elapsed: float | None = None) -> None:
+        """One reading of a monotonically increasing total, folded as a per-second rate at ``ts``.
 
-        The first reading of a series only primes it. A decrease is a counter reset (process
-        restart, wrap): it primes again rather than reporting a negative rate.
+        The rate's time base is ``elapsed`` (a monotonic clock) when given, else ``ts``: a wall
+        clock step must not stretch or squeeze a rate. The first reading of a series only primes
+        it. A decrease is a counter reset (process restart, wrap): it primes again rather than
+        reporting a negative rate.
         """
         if value - value != 0.0:
             self.invalid_samples += 1
             return
         key = (name, tags)
         previous = self._counters.get(key)
-        self._counters[key] = (value, ts)
+        if previous is None and len(self._counters) >= self.max_series:
+            self._refuse(key)
+            return
+        clock = ts if elapsed is None else elapsed
+        self._counters[key] = (value, clock, ts)
         if previous is None:
             return
-        prev_value, prev_ts = previous
-        dt = ts - prev_ts
+        prev_value, prev_clock, _ = previous
+        dt = clock - prev_clock
         if dt <= 0 or value < prev_value:
             return
         self.add(name, tags, (value - prev_value) / dt, ts)
+
+    def _refuse(self, key: SeriesKey) -> None:
+        self.limited_samples += 1
+        if len(self._refused) < _REFUSED_TRACKED:
+            self._refused.add(hash(key))
+
+    def forget_counters(self) -> None:
+        """Prime every counter again: after a clock step no rate may span the step."""
+        self._counters.clear()
 
     def add_event(self, event: MetricEvent) -> None:
         """Convenience for collectors that build ``MetricEvent`` objects."""
@@ -160,13 +191,16 @@ class WindowAggregator:
             ClosedWindow(start=i * self.window, end=(i + 1) * self.window, series=self._windows.pop(i)) for i in done
         ]
         closed = [c for c in closed if c.series]
+        if closed and self._refused:
+            self.dropped_series += len(self._refused)
+            self._refused = set()
         self._closed_below = max(self._closed_below, limit)
         if self._cur_idx < limit:
             self._cur_lo, self._cur_hi, self._cur = math.inf, -math.inf, {}
             self._cur_idx = -(2**62)
         # Counters of series that disappeared (an unplugged interface) must not pile up.
         horizon = now - self._counter_ttl
-        stale = [k for k, (_, ts) in self._counters.items() if ts < horizon]
+        stale = [k for k, (_, _, ts) in self._counters.items() if ts < horizon]
         for k in stale:
             del self._counters[k]
         if len(self._keys) > 4 * (self.open_series + 1024):

@@ -7,7 +7,8 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from observatory_agent.collectors.base import GAUGE, Sample, executor
+from observatory_agent.collectors import registry
+from observatory_agent.collectors.base import GAUGE, Sample
 
 
 def _read_cpuinfo() -> dict[str, Any]:
@@ -34,9 +35,8 @@ def info_samples(info: dict[str, Any], logical_cpus: int) -> list[Sample]:
 class CpuInfoCollector:
     """Starts the one read at construction; cycles before it finishes yield nothing."""
 
-    def __init__(self, name: str = "cpuinfo", timeout: float = 5.0) -> None:
+    def __init__(self, name: str = "cpuinfo") -> None:
         self._name = name
-        self._timeout = timeout
         self._samples: list[Sample] | None = None
         self._task: asyncio.Future[dict[str, Any]] | None = None
 
@@ -44,16 +44,30 @@ class CpuInfoCollector:
     def name(self) -> str:
         return self._name
 
-    @property
-    def timeout(self) -> float:
-        return self._timeout
-
     async def collect(self) -> Sequence[Sample]:
         if self._samples is not None:
             return self._samples
         if self._task is None:
-            self._task = asyncio.get_running_loop().run_in_executor(executor(), _read_cpuinfo)
+            self._task = asyncio.get_running_loop().run_in_executor(None, _read_cpuinfo)
         if not self._task.done():
             return []
         self._samples = info_samples(self._task.result(), os.cpu_count() or 0)
         return self._samples
+
+
+registry.register(
+    registry.Kind(
+        "cpuinfo",
+        lambda ctx: CpuInfoCollector(ctx.config.name),
+        tuple(
+            registry.MetricInfo(name, unit, "G", tags, "cpuinfo", text)
+            for name, unit, tags, text in (
+                ("system.cpu.info", "1", ("model", "vendor", "arch"), "Always 1; the CPU in tags"),
+                ("system.cpu.count", "cpus", (), "Logical CPUs"),
+                ("system.cpu.frequency.advertised", "Hz", (), "Advertised CPU frequency"),
+            )
+        ),
+        trusted=True,
+        inline=True,  # after its one read in a thread, a cached list: no task per cycle
+    )
+)

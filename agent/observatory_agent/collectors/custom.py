@@ -1,20 +1,19 @@
 """Custom collectors: plugins in the ``observatory.collectors`` entry-point group.
 
 A plugin's entry point names a callable ``collect(options: dict[str, str])`` returning an
-iterable of ``MetricEvent`` or ``Sample`` (or an awaitable of one). A plain function runs
-in a thread; a coroutine function runs on the loop. Either way the runner's timeout applies.
+iterable of ``MetricEvent`` or ``Sample``. A plain function runs in its collector's own thread,
+a coroutine function on the loop; either way under the guard, which validates every item it
+returns (a bad one is dropped and counted, never fatal).
 """
 
 from __future__ import annotations
 
-import asyncio
 import inspect
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
 from typing import Any
 
-from observatory_agent.collectors.base import Sample, executor
-from observatory_agent.contract import MetricEvent
+from observatory_agent.collectors import registry
 
 ENTRY_POINT_GROUP = "observatory.collectors"
 
@@ -25,44 +24,25 @@ class CollectorLoadError(RuntimeError):
     """A custom collector's entry point is missing or fails to import."""
 
 
-def _to_samples(items: Iterable[MetricEvent | Sample]) -> list[Sample]:
-    out: list[Sample] = []
-    for item in items:
-        if isinstance(item, MetricEvent):
-            out.append(Sample(item.name, item.value, item.type, item.tags))
-        elif isinstance(item, Sample):
-            out.append(item)
-        else:
-            raise TypeError(f"custom collectors yield MetricEvent or Sample, got {type(item).__name__}")
-    return out
-
-
 class CustomCollector:
     """Wraps a plugin callable; constructible directly from any callable."""
 
-    def __init__(self, name: str, func: CollectFn, options: Mapping[str, str], timeout: float) -> None:
+    def __init__(self, name: str, func: CollectFn, options: Mapping[str, str]) -> None:
         self._name = name
         self._func = func
         self._options = dict(options)
-        self._timeout = timeout
+        if inspect.iscoroutinefunction(func):
+            self.collect = self._collect_async  # type: ignore[method-assign]
 
     @property
     def name(self) -> str:
         return self._name
 
-    @property
-    def timeout(self) -> float:
-        return self._timeout
+    def collect(self) -> Any:
+        return self._func(self._options)
 
-    async def collect(self) -> Sequence[Sample]:
-        if inspect.iscoroutinefunction(self._func):
-            result = await self._func(self._options)
-        else:
-            loop = asyncio.get_running_loop()
-            result = await loop.run_in_executor(executor(), self._func, self._options)
-            if inspect.isawaitable(result):
-                result = await result
-        return _to_samples(result)
+    async def _collect_async(self) -> Any:
+        return await self._func(self._options)
 
 
 def load_entry_point(entry_point: str, group: str = ENTRY_POINT_GROUP) -> CollectFn:
@@ -78,3 +58,15 @@ def load_entry_point(entry_point: str, group: str = ENTRY_POINT_GROUP) -> Collec
         raise CollectorLoadError(f"entry point {entry_point!r} is not callable")
     func: CollectFn = loaded
     return func
+
+
+registry.register(
+    registry.Kind(
+        "custom",
+        lambda ctx: CustomCollector(
+            ctx.config.name, load_entry_point(ctx.config.entry_point or ctx.config.name), ctx.config.options
+        ),
+        (),
+        free_options=True,
+    )
+)

@@ -1,15 +1,21 @@
-"""Getting each window's lines into InfluxDB exactly in order, through the durable buffer.
+"""Getting each window's lines into InfluxDB in order, through the durable buffer — buffer first.
 
 Policy:
-- While the buffer holds anything, new batches queue behind it so InfluxDB sees windows in order.
+- Every batch is written to the durable buffer *before* it is sent (``enqueue``), then sent
+  from there (``drain``) and removed once InfluxDB acknowledged it. Nothing waits on the
+  network before it is on disk: a hung InfluxDB, a SIGTERM or a SIGKILL at any moment loses
+  no window, and a window sent twice overwrites itself (timestamps are window ends).
+- A window's lines become batches of ``batch_size`` lines, one record and one request each,
+  so one refused batch never takes its siblings down with it.
 - Replay sends the oldest batch alone (a probe: during an outage that is one failed request,
   not several), then up to ``REPLAY_IN_FLIGHT`` batches at once. Batches are acknowledged to
   the buffer strictly oldest first: when one fails, it and every younger batch stay buffered,
   even those InfluxDB accepted meanwhile (resending them later rewrites the same points).
-- A retryable failure (network, 429, 5xx) that outlives the retry budget → the batch is buffered.
-- 401/403/404 (token, org or bucket wrong) are not retried now but the batch is buffered: it
-  replays once the configuration is fixed. Other 4xx mean the data itself was refused:
-  the batch is dropped, counted and logged with InfluxDB's message.
+- A retryable failure (network, 429, 5xx) that outlives the retry budget → the batch stays.
+- 401/403/404 (token, org or bucket wrong) are not retried now but the batch stays: it
+  replays once the configuration (or the token file) is fixed. Other 4xx mean the data itself
+  was refused — InfluxDB writes a batch's valid points and names how many it dropped — so the
+  batch is acknowledged and the dropped points are counted and logged with InfluxDB's message.
 """
 
 from __future__ import annotations
@@ -18,23 +24,30 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 import structlog
 
-from observatory_agent.sinks.buffer import DurableBuffer
-from observatory_agent.sinks.influx import InfluxWriter, PermanentWriteError, RetryableWriteError
+from observatory_agent.sinks.buffer import DurableBuffer, Record
+from observatory_agent.sinks.influx import InfluxWriter, PermanentWriteError, RetryableWriteError, dropped_points
 
 log = structlog.get_logger("observatory_agent.sinks.delivery")
 
-CONFIG_STATUSES = frozenset({401, 403, 404})
-REPLAY_IN_FLIGHT = 4
+CONFIG_STATUSES: Final = frozenset({401, 403, 404})
+REPLAY_IN_FLIGHT: Final = 4
 """Buffered batches replayed concurrently once the oldest one went through."""
+ATTEMPT_BUDGET: Final = 1.0
+"""Seconds of retries one replayed batch gets before the drain backs off (a request's own timeout aside)."""
 
 
 @dataclass
 class DeliveryStats:
     points_written: int = 0
+    rejected_points: int = 0
+    """Points InfluxDB refused (field type conflict, bad line): counted, never retried."""
     last_successful_write: float | None = None
+    last_error: str | None = None
+    """The newest failure, with InfluxDB's own message."""
     errors: dict[str, int] = field(default_factory=dict)
     """Write failures by kind: retryable, config, rejected, dropped_buffer_full."""
 
@@ -42,73 +55,84 @@ class DeliveryStats:
         self.errors[kind] = self.errors.get(kind, 0) + n
 
 
+@dataclass(frozen=True)
+class _Sent:
+    outcome: str
+    """ok, retry, config or rejected."""
+    dropped: int = 0
+
+
 class Delivery:
     def __init__(
-        self, writer: InfluxWriter | None, buffer: DurableBuffer, *, clock: Callable[[], float] = time.time
+        self,
+        writer: InfluxWriter | None,
+        buffer: DurableBuffer,
+        *,
+        batch_size: int = 5000,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.writer = writer
         self.buffer = buffer
+        self.batch_size = max(1, batch_size)
         self.stats = DeliveryStats()
         self._clock = clock
 
-    def _buffer(self, lines: Sequence[str]) -> None:
-        dropped = self.buffer.append(lines)
-        if dropped:
-            self.stats.count("dropped_buffer_full", dropped)
-            log.error(
-                "buffer_full_dropped_oldest",
-                dropped_points=dropped,
-                max_bytes=self.buffer.max_bytes,
-                total_dropped=self.buffer.dropped_points,
-            )
+    def enqueue(self, lines: Sequence[str]) -> None:
+        """Queue a window's lines durably, one record per batch; never waits on the network."""
+        size = self.batch_size
+        for start in range(0, len(lines), size):
+            batch = lines[start : start + size]
+            dropped = self.buffer.append_payload("\n".join(batch).encode(), len(batch))
+            if dropped:
+                self.stats.count("dropped_buffer_full", dropped)
+                log.error(
+                    "buffer_full_dropped_oldest",
+                    dropped_points=dropped,
+                    max_bytes=self.buffer.max_bytes,
+                    total_dropped=self.buffer.dropped_points,
+                )
 
-    def _written(self, n: int) -> None:
-        self.stats.points_written += n
-        self.stats.last_successful_write = self._clock()
-
-    async def _send(self, lines: Sequence[str], budget: float) -> str:
-        """``ok``, ``retry`` (keep it), ``config`` (keep it) or ``rejected`` (drop it)."""
+    async def _send(self, record: Record, budget: float) -> _Sent:
         if self.writer is None:
-            return "config"
+            return _Sent("config")
         try:
-            await self.writer.write(lines, budget=budget)
+            await self.writer.send(record.payload, budget=budget)
         except RetryableWriteError as exc:
             self.stats.count("retryable")
-            log.warning("influx_unavailable", error=str(exc), points=len(lines))
-            return "retry"
+            self.stats.last_error = str(exc)
+            log.warning("influx_unavailable", error=str(exc), points=record.points)
+            return _Sent("retry")
         except PermanentWriteError as exc:
             kind = "config" if exc.status in CONFIG_STATUSES else "rejected"
             self.stats.count(kind)
-            log.error("influx_refused", status=exc.status, influx_message=exc.message, points=len(lines))
-            return kind
-        self._written(len(lines))
-        return "ok"
+            self.stats.last_error = str(exc)
+            log.error("influx_refused", status=exc.status, influx_message=exc.message, points=record.points)
+            if kind == "config":
+                return _Sent("config")
+            return _Sent("rejected", dropped_points(exc.message, record.points))
+        return _Sent("ok")
 
-    async def deliver(self, lines: Sequence[str], *, budget: float) -> None:
-        """Write ``lines`` now if nothing is queued, else queue them and drain in order."""
-        if not lines:
-            await self.drain(budget=budget)
-            return
-        if len(self.buffer) == 0:
-            outcome = await self._send(lines, budget)
-            if outcome in {"retry", "config"}:
-                self._buffer(lines)
-            return
-        self._buffer(lines)
-        await self.drain(budget=budget)
+    async def drain(self, *, budget: float) -> bool:
+        """Replay buffered batches oldest first until empty, a failure, or ``budget`` is spent.
 
-    async def drain(self, *, budget: float) -> None:
-        """Replay buffered batches oldest first until empty, a failure, or ``budget`` is spent."""
+        Returns True when the buffer is empty.
+        """
         deadline = time.monotonic() + budget
         width = 1  # the head alone first; concurrent only once InfluxDB is known to answer
         while records := self.buffer.peek_many(width):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return
-            attempt = min(remaining, 1.0)
-            outcomes = await asyncio.gather(*(self._send(r.lines, attempt) for r in records))
-            for record, outcome in zip(records, outcomes, strict=True):
-                if outcome in {"retry", "config"}:
-                    return
+                return False
+            attempt = min(remaining, ATTEMPT_BUDGET)
+            sent = await asyncio.gather(*(self._send(r, attempt) for r in records))
+            for record, result in zip(records, sent, strict=True):
+                if result.outcome in {"retry", "config"}:
+                    return False
                 self.buffer.ack(record)  # oldest first; a no-op for one dropped meanwhile
+                written = record.points - result.dropped
+                self.stats.rejected_points += result.dropped
+                self.stats.points_written += written
+                if written:
+                    self.stats.last_successful_write = self._clock()
             width = REPLAY_IN_FLIGHT
+        return True

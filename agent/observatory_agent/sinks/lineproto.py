@@ -13,7 +13,10 @@ cases ``Point`` leaves open, so no input can produce an extra line or a broken o
   returns the point (its index and its storage keys disagree on the unescaping); tag keys
   and values are not affected (tests/integration/agent/test_roundtrip.py pins both).
 - Empty tag keys or values are left out (InfluxDB rejects them); tag keys starting with
-  ``_`` are reserved by InfluxDB 2 and are written ``tag_<key>``.
+  ``_`` are reserved by InfluxDB 2 and are written ``tag_<key>`` — or ``tagtag_<key>`` and so
+  on while that name is taken, so ``_x`` and ``tag_x`` never become one key twice in a line.
+- An empty measurement has no line: ``encode`` raises ``ValueError``, ``encode_many`` skips
+  the metric and names it in ``skipped``.
 - Non-finite field values are left out; ``count`` is an integer field.
 
 The encoder is written out rather than built from ``Point`` objects: it is the write path's
@@ -54,8 +57,19 @@ def escape_key(key: str) -> str:
     return _close(key.translate(_KEY))
 
 
-def _tag_key(key: str) -> str:
-    return escape_key("tag" + key if key.startswith("_") else key)
+def _tag_items(tags: dict[str, str]) -> list[tuple[str, str]]:
+    """Non-empty tags with InfluxDB's reserved ``_`` keys renamed to a key not otherwise used, sorted."""
+    out: dict[str, str] = {}
+    for key, v in tags.items():
+        if not key or not v:
+            continue
+        k = key
+        if k.startswith("_"):
+            k = "tag" + k
+            while k in tags or k in out:
+                k = "tag" + k
+        out[k] = v
+    return sorted(out.items())
 
 
 def _float(value: float) -> str:
@@ -64,7 +78,7 @@ def _float(value: float) -> str:
 
 
 def _tags(tags: dict[str, str]) -> str:
-    return "".join(f",{_tag_key(k)}={_close(v.translate(_KEY))}" for k, v in sorted(tags.items()) if k and v)
+    return "".join(f",{escape_key(k)}={_close(v.translate(_KEY))}" for k, v in _tag_items(tags))
 
 
 _BASE_FIELDS: Final = ("last", "max", "mean", "min", "sum")
@@ -96,6 +110,8 @@ def _layout(quantile_keys: tuple[str, ...]) -> _Layout | None:
 
 def encode(metric: AggregatedMetric) -> str:
     """One line: measurement = metric name, tags sorted, aggregate fields, window end (ms)."""
+    if not metric.name:
+        raise ValueError("metric name is empty: InfluxDB has no line for an empty measurement")
     tags = _tags(metric.tags)
     values = {
         "last": metric.last,
@@ -113,7 +129,7 @@ def encode(metric: AggregatedMetric) -> str:
     return f"{escape_measurement(metric.name)}{tags} {','.join(fields)} {timestamp}"
 
 
-def encode_many(metrics: Iterable[AggregatedMetric]) -> list[str]:
+def encode_many(metrics: Iterable[AggregatedMetric], *, skipped: list[str] | None = None) -> list[str]:
     """``[encode(m) for m in metrics]``, sharing the escaping work between metrics.
 
     A window's series repeat their names and tag sets from window to window and share one
@@ -128,6 +144,10 @@ def encode_many(metrics: Iterable[AggregatedMetric]) -> list[str]:
     out: list[str] = []
     append = out.append
     for m in metrics:
+        if not m.name:
+            if skipped is not None:
+                skipped.append(repr(m.name))
+            continue
         quantiles = m.quantiles
         qkeys = tuple(quantiles)
         if qkeys in layouts:
@@ -162,3 +182,17 @@ def _number(value: float) -> float:
     # ``%r`` must print a float field as ``repr(float(v))`` even when an int got into it
     # (and ``count``, an exact int in the fast path, stays one).
     return value if value.__class__ is float or (value.__class__ is int and abs(value) < _EXACT) else float(value)
+
+
+def encode_point(measurement: str, tags: dict[str, str], fields: dict[str, int | float], timestamp: float) -> str:
+    """One line of arbitrary fields (ints as ``i``, non-finite floats left out): the agent's own point."""
+    if not measurement:
+        raise ValueError("measurement is empty")
+    parts = []
+    for key in sorted(fields):
+        value = fields[key]
+        if value.__class__ is int:
+            parts.append(f"{escape_key(key)}={value}i")
+        elif math.isfinite(value):
+            parts.append(f"{escape_key(key)}={_float(value)}")
+    return f"{escape_measurement(measurement)}{_tags(tags)} {','.join(parts)} {round(timestamp * 1000)}"

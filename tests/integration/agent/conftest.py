@@ -43,6 +43,12 @@ class AgentProcess:
     collectors: tuple[str, ...] = COLLECTORS
     env: dict[str, str] = field(default_factory=dict)
     """Extra environment, e.g. shared-config keys (``CLUSTER_NAME``)."""
+    url: str | None = None
+    """InfluxDB URL the agent uses, when not the bed's own (a fault proxy in front of it)."""
+    bucket: str | None = None
+    token: str | None = None
+    """The token written to the agent's token file at start (default: the bed's)."""
+    extra: dict[str, Any] = field(default_factory=dict)
     process: Process | None = None
     started_at: float = 0.0
 
@@ -54,23 +60,36 @@ class AgentProcess:
     def log(self) -> Path:
         return self.directory / "agent.log"
 
+    @property
+    def token_file(self) -> Path:
+        return self.directory / "influx-token"
+
+    def rotate_token(self, token: str) -> None:
+        """Replace the token file as the kubelet updates a mounted Secret: a new file, renamed over."""
+        fresh = self.directory / "influx-token.new"
+        fresh.write_text(token)
+        fresh.chmod(0o600)
+        fresh.replace(self.token_file)
+
     def write_config(self) -> Path:
-        token = self.directory / "influx-token"
-        token.write_text(self.influx.token)
-        token.chmod(0o600)
+        token = self.token_file
+        if not token.exists():
+            token.write_text(self.token if self.token is not None else self.influx.token)
+            token.chmod(0o600)
         config = {
             "interval": f"{INTERVAL:g}s",
             "window": f"{WINDOW:g}s",
             "collectors": [{"name": c, "kind": c} for c in self.collectors],
             "tags": {"run": self.run, **self.tags},
             "influxdb": {
-                "url": self.influx.url,
+                "url": self.url or self.influx.url,
                 "org": self.influx.org,
-                "bucket": self.influx.bucket,
+                "bucket": self.bucket or self.influx.bucket,
                 "token_file": str(token),
             },
             "buffer_dir": str(self.buffer_dir),
             "port": self.port,
+            **self.extra,
         }
         path = self.directory / "agent.json"
         path.write_text(json.dumps(config))
@@ -104,11 +123,17 @@ class AgentProcess:
         data: dict[str, Any] = json.loads(self.get("/status"))
         return data
 
-    def metric(self, name: str) -> float:
+    def metric(self, name: str, default: float | None = None) -> float:
+        """A sample of ``/metrics`` by its exact name with labels (``x_total{kind="config"}``)."""
         for line in self.get("/metrics").decode().splitlines():
             if line.startswith(name + " "):
-                return float(line.split()[1])
+                return float(line.split()[-1])
+        if default is not None:
+            return default
         raise KeyError(name)
+
+    def log_text(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
 
     def stop(self) -> int | None:
         """SIGTERM: the agent closes its window early, flushes and exits."""
@@ -132,11 +157,11 @@ class AgentProcess:
 def make_agent(influxdb: InfluxDB, tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
     agents: list[AgentProcess] = []
 
-    def make(name: str = "agent", tags: dict[str, str] | None = None) -> AgentProcess:
+    def make(name: str = "agent", tags: dict[str, str] | None = None, **options: Any) -> AgentProcess:
         run = secrets.token_hex(4)
         directory = tmp_path / name
         directory.mkdir(exist_ok=True)
-        agent = AgentProcess(directory, f"itest-{name}-{run}", run, free_port(), influxdb, tags or {})
+        agent = AgentProcess(directory, f"itest-{name}-{run}", run, free_port(), influxdb, tags or {}, **options)
         agents.append(agent)
         return agent
 
@@ -171,10 +196,12 @@ def query(influx: InfluxDB, flux: str) -> list[dict[str, Any]]:
         client.close()
 
 
-def window_times(influx: InfluxDB, *, run: str, measurement: str, start: float, stop: float) -> list[float]:
+def window_times(
+    influx: InfluxDB, *, run: str, measurement: str, start: float, stop: float, bucket: str | None = None
+) -> list[float]:
     """Window ends (Unix seconds) of one agent's points of ``measurement``, in order, one per point."""
     flux = f"""
-from(bucket: {flux_string(influx.bucket)})
+from(bucket: {flux_string(bucket or influx.bucket)})
   |> range(start: {int(start) - 60}, stop: {int(stop) + 60})
   |> filter(fn: (r) => r._measurement == {flux_string(measurement)} and r.run == {flux_string(run)})
   |> filter(fn: (r) => r._field == "count")

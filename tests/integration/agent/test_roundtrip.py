@@ -132,7 +132,8 @@ async def test_aggregates_read_back_exactly_with_awkward_names(influxdb: InfluxD
     )
     delivery = Delivery(writer, buffer)
     try:
-        await delivery.deliver(lines, budget=10.0)
+        delivery.enqueue(lines)
+        assert await delivery.drain(budget=10.0)
     finally:
         writer.close()
         buffer.close()

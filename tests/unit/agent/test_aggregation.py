@@ -259,3 +259,27 @@ def test_window_close_metrics_equal_validated_models() -> None:
     assert metric == validated
     assert metric.model_dump_json() == validated.model_dump_json()
     assert metric.p50 == 2.0
+
+
+def test_counter_rates_use_the_elapsed_clock_so_a_wall_clock_step_cannot_stretch_them() -> None:
+    agg = WindowAggregator(60.0, exact_threshold=1024)
+    key = tags_key({"interface": "eth0"})
+    agg.add_counter("net.bytes", key, 1000.0, 100.0, elapsed=5.0)
+    agg.add_counter("net.bytes", key, 2000.0, 3700.0, elapsed=6.0)  # the wall jumped an hour; 1 s passed
+    (window,) = agg.close_all(3700.0)
+    (metric,) = list(window.aggregates([50.0]))
+    assert metric.last == 1000.0
+
+
+def test_series_past_the_limit_are_refused_and_counted_per_window() -> None:
+    agg = WindowAggregator(10.0, exact_threshold=1024, max_series=3)
+    for cycle in range(2):
+        for i in range(5):
+            agg.add("m", tags_key({"i": str(i)}), 1.0, 1.0 + cycle)
+        agg.add_counter("c", tags_key({"i": "x"}), 1.0, 1.0 + cycle)
+    assert agg.open_series == 3
+    # two refused gauges per cycle, and the counter's first rate (its priming is held apart, within limit)
+    assert agg.limited_samples == 2 + 2 + 1
+    (window,) = agg.close(10.0)
+    assert len(window.series) == 3
+    assert agg.dropped_series == 3

@@ -16,7 +16,7 @@ from pathlib import Path
 from observatory_agent import server
 from observatory_agent.collectors.host import HostPaths
 from observatory_agent.config import ConfigWatcher
-from observatory_agent.runtime import Agent
+from observatory_agent.runtime import SELF_FIELDS, Agent
 from observatory_agent.sinks.buffer import DurableBuffer
 from observatory_agent.telemetry import Telemetry
 
@@ -56,6 +56,11 @@ async def test_agent_buffers_every_window_when_influxdb_is_not_configured(tmp_pa
     assert watcher.current is not None
     assert status["config_hash"] == watcher.current.hash
     assert set(status) == {
+        "schema_version",
+        "collectors",
+        "series",
+        "buffer",
+        "clock_steps",
         "last_successful_write",
         "buffered_points",
         "buffered_bytes",
@@ -104,6 +109,17 @@ async def test_endpoints_report_health_readiness_status_and_metrics(tmp_path: Pa
         assert "observatory_agent_cycles_total" in metrics
         assert "observatory_agent_cycle_duration_seconds_bucket" in metrics
         assert "observatory_agent_buffered_points" in metrics
+        assert 'observatory_agent_collector_duration_seconds{collector="memory"}' in metrics
+        assert 'observatory_agent_collector_last_success_timestamp_seconds{collector="load"}' in metrics
+        assert f'observatory_agent_config_info{{hash="{json.loads(body)["config_hash"]}"}} 1.0' in metrics
+        assert "observatory_agent_window_close_lateness_seconds_bucket" in metrics
+        assert "observatory_agent_write_duration_seconds_bucket" in metrics
+        assert "observatory_agent_buffer_corrupt_records_total" in metrics
+        assert "observatory_agent_partials_errors_total" in metrics
+        status = json.loads(body)
+        assert status["schema_version"] == 2
+        assert status["collectors"]["memory"]["last_error"] is None
+        assert status["collectors"]["memory"]["last_success"] is not None
         stop.set()
         await asyncio.wait_for(task, timeout=10)
     finally:
@@ -182,3 +198,143 @@ def test_malloc_arena_limit_leaves_an_explicit_setting_alone() -> None:
     script = "from observatory_agent.cli import limit_malloc_arenas as f; print(f({}))"
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=30)
     assert result.stdout.strip() == ("True" if sys.platform.startswith("linux") else "False")
+
+
+def _buffered(path: Path) -> list[str]:
+    buffer = DurableBuffer(path, 1 << 26)
+    lines = []
+    while (record := buffer.peek()) is not None:
+        lines.extend(record.lines)
+        buffer.ack(record)
+    return lines
+
+
+def _field(line: str, name: str) -> str:
+    fields = dict(f.split("=", 1) for f in line.split(" ")[1].split(","))
+    return fields[name]
+
+
+async def test_each_window_carries_the_agents_own_health_point(tmp_path: Path) -> None:
+    watcher = ConfigWatcher(_config(tmp_path, collector="nodes", namespace="team-a"), None, environ={})
+    agent = Agent(watcher, node="n1", host="h1", paths=HostPaths(), version="t", telemetry=Telemetry("t", "n1"))
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    await asyncio.sleep(2.5)
+    stop.set()
+    await asyncio.wait_for(task, timeout=10)
+    own = [line for line in _buffered(tmp_path / "buffer") if line.startswith("observatory.agent,")]
+    assert len(own) >= 2
+    tags = dict(t.split("=", 1) for t in own[-1].split(" ")[0].split(",")[1:])
+    assert tags == {"cluster": "default", "collector": "nodes", "host": "h1", "namespace": "team-a", "node": "n1"}
+    fields = {f.split("=", 1)[0] for f in own[-1].split(" ")[1].split(",")}
+    assert fields == set(SELF_FIELDS)
+    for name in ("series", "samples", "buffered_points", "write_errors", "dropped_samples", "dropped_series"):
+        assert _field(own[-1], name).endswith("i"), name
+    assert _field(own[-1], "collector_errors") == "0i"
+    assert float(_field(own[-1], "last_write_age_seconds")) > 0  # nothing written: no InfluxDB configured
+    samples = [int(_field(line, "samples")[:-1]) for line in own]
+    assert samples == sorted(samples)
+    assert samples[-1] > 0
+
+
+async def test_a_backward_clock_step_drops_no_sample_and_is_counted(tmp_path: Path) -> None:
+    """Issue 10: a backward step dropped every sample for its duration, silently."""
+    offset = [0.0]
+    watcher = ConfigWatcher(_config(tmp_path, window="2s"), None, environ={})
+    telemetry = Telemetry("t", "n1")
+    agent = Agent(
+        watcher, node="n1", host="h1", paths=HostPaths(), version="t", telemetry=telemetry,
+        wall=lambda: time.time() + offset[0],
+    )  # fmt: skip
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    await asyncio.sleep(2.2)
+    offset[0] = -4.0
+    await asyncio.sleep(6.0)
+    status = agent.status()
+    stop.set()
+    await asyncio.wait_for(task, timeout=10)
+    cycles = telemetry.cycles._value.get()
+    loads = [line for line in _buffered(tmp_path / "buffer") if line.startswith("system.load.1,")]
+    stamps = [int(line.rsplit(" ", 1)[1]) for line in loads]
+    assert stamps == sorted(set(stamps))  # every window once, in order: nothing overwritten
+    assert sum(int(_field(line, "count")[:-1]) for line in loads) == cycles  # not one sample dropped
+    assert status["clock_steps"] == {"backward": 1, "forward": 0}
+    assert telemetry.dropped_samples.labels(reason="late")._value.get() == 0
+
+
+async def test_a_forward_clock_step_closes_the_open_window_and_is_counted(tmp_path: Path) -> None:
+    offset = [0.0]
+    watcher = ConfigWatcher(_config(tmp_path, window="2s"), None, {})
+    agent = Agent(
+        watcher, node="n1", host="h1", paths=HostPaths(), version="t", telemetry=Telemetry("t", "n1"),
+        wall=lambda: time.time() + offset[0],
+    )  # fmt: skip
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    await asyncio.sleep(3.5)
+    offset[0] = 3600.0
+    await asyncio.sleep(2.5)
+    status = agent.status()
+    stop.set()
+    await asyncio.wait_for(task, timeout=10)
+    assert status["clock_steps"] == {"backward": 0, "forward": 1}
+    lines = [line for line in _buffered(tmp_path / "buffer") if line.startswith("system.load.1,")]
+    stamps = [int(line.rsplit(" ", 1)[1]) for line in lines]
+    assert stamps == sorted(set(stamps))
+    assert stamps[-1] - stamps[0] >= 3600_000  # windows on both sides of the step, none rewritten
+    assert stamps[0] < stamps[-1] - 3600_000 + 4000
+
+
+async def test_the_series_limit_drops_new_series_counts_them_and_keeps_the_host_metrics(tmp_path: Path) -> None:
+    from aiohttp import web
+
+    async def many(_request: web.Request) -> web.Response:
+        return web.Response(text="".join(f'big{{i="{i}"}} {i}\n' for i in range(500)))
+
+    app = web.Application()
+    app.router.add_get("/metrics", many)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/metrics"
+    collectors = [{"name": "memory", "kind": "memory"}, {"name": "apps", "kind": "application", "targets": [url]}]
+    watcher = ConfigWatcher(_config(tmp_path, max_series=100, collectors=collectors), None, environ={})
+    telemetry = Telemetry("t", "n1")
+    agent = Agent(watcher, node="n1", host="h1", paths=HostPaths(), version="t", telemetry=telemetry)
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    try:
+        await asyncio.sleep(2.5)
+        status = agent.status()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=10)
+        await runner.cleanup()
+    assert status["series"]["limit"] == 100
+    assert status["series"]["dropped_series"] >= 400
+    assert telemetry.dropped_series._value.get() >= 400
+    lines = _buffered(tmp_path / "buffer")
+    assert any(line.startswith("system.memory.used,") for line in lines)
+    assert len({line.split(" ")[0] for line in lines if line.startswith("app.big,")}) < 100
+    own = [line for line in lines if line.startswith("observatory.agent,")]
+    assert int(_field(own[-1], "dropped_series")[:-1]) >= 400
+    assert status["collectors"]["apps"]["last_success"] is not None
+    assert status["collectors"]["apps"]["last_error"] is None
+
+
+def test_flush_jitter_spreads_writes_over_a_fifth_of_the_window_at_most_5s(tmp_path: Path) -> None:
+    import random
+
+    for window, configured, limit in (("10s", None, 2.0), ("1m", None, 5.0), ("10s", "3s", 3.0)):
+        extra = {"window": window, "interval": "1s"} | ({"flush_jitter": configured} if configured else {})
+        watcher = ConfigWatcher(_config(tmp_path, **extra), None, environ={})
+        agent = Agent(
+            watcher, node="n", host="h", paths=HostPaths(), version="t", telemetry=Telemetry("t", "n"),
+            rng=random.Random(1),
+        )  # fmt: skip
+        agent._loaded = watcher.start()
+        delays = [agent._jitter() for _ in range(500)]
+        assert 0.0 <= min(delays) < limit * 0.05
+        assert limit * 0.95 < max(delays) <= limit

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import random
 import subprocess
 import sys
 import textwrap
 import threading
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from influxdb_client.client.write.point import Point
 from influxdb_client.rest import ApiException
 
-from observatory_agent.contract import AggregatedMetric
+from observatory_agent.contract import AggregatedMetric, InfluxTarget
+from observatory_agent.sinks import buffer as buffer_module
 from observatory_agent.sinks import lineproto
 from observatory_agent.sinks.buffer import DurableBuffer
 from observatory_agent.sinks.delivery import REPLAY_IN_FLIGHT, Delivery
@@ -27,6 +28,7 @@ from observatory_agent.sinks.influx import (
     InfluxWriter,
     PermanentWriteError,
     RetryableWriteError,
+    TokenSource,
     WriterSettings,
     backoff_delay,
     classify,
@@ -108,11 +110,11 @@ def test_no_input_yields_an_extra_line_or_point(name: str, tags: dict[str, str])
     plain = set("\\\n\t\r")
     if not plain & set(name) and not name.startswith("#"):
         assert _unescape(measurement) == name
-    for (key, value), (want_key, want_value) in zip(
-        parsed_tags, sorted((k, v) for k, v in tags.items() if k and v), strict=True
-    ):
-        if not plain & set(want_key + want_value) and not want_key.startswith("_"):
-            assert (_unescape(key), _unescape(value)) == (want_key, want_value)
+    written = {(_unescape(k), _unescape(v)) for k, v in parsed_tags}
+    assert len({k for k, _ in parsed_tags}) == len(parsed_tags)  # no key twice: InfluxDB refuses the line
+    for want_key, want_value in tags.items():
+        if want_key and want_value and not plain & set(want_key + want_value) and not want_key.startswith("_"):
+            assert (want_key, want_value) in written
 
 
 @settings(max_examples=300, deadline=None)
@@ -177,6 +179,29 @@ def test_reserved_and_empty_tags_are_made_safe() -> None:
     assert line.startswith("_m,tag_field=x ")
 
 
+def test_a_reserved_tag_key_never_collides_with_the_name_it_is_renamed_to() -> None:
+    """Issue 10: ``_x`` and ``tag_x`` both became ``tag_x``, a line InfluxDB refuses."""
+    line = lineproto.encode(_metric("m", {"_x": "a", "tag_x": "b", "tagtag_x": "c"}))
+    assert line.startswith("m,tag_x=b,tagtag_x=c,tagtagtag_x=a ")
+    (fast,) = lineproto.encode_many([_metric("m", {"_x": "a", "tag_x": "b", "tagtag_x": "c"})])
+    assert fast == line
+
+
+def test_an_empty_measurement_is_refused_not_written_as_a_broken_line() -> None:
+    """Issue 10: an empty measurement name passed into the line protocol."""
+    with pytest.raises(ValueError, match="empty"):
+        lineproto.encode(_metric(""))
+    skipped: list[str] = []
+    lines = lineproto.encode_many([_metric(""), _metric("ok")], skipped=skipped)
+    assert [line.split(" ")[0] for line in lines] == ["ok"]
+    assert skipped == ["''"]
+
+
+def test_the_agents_own_point_has_integer_counters_and_a_float_age() -> None:
+    line = lineproto.encode_point("observatory.agent", {"node": "n 1", "_x": "y"}, {"series": 3, "age": 1.5}, 60.0)
+    assert line == "observatory.agent,node=n\\ 1,tag_x=y age=1.5,series=3i 60000"
+
+
 # --- durable buffer ------------------------------------------------------------------------
 
 
@@ -197,7 +222,7 @@ def test_buffer_replays_batches_in_order_after_reopen(tmp_path: Path) -> None:
     reopened.ack(second)
     assert reopened.peek() is None
     assert reopened.disk_bytes == 0
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == [".lock"]  # every segment deleted once delivered
 
 
 def test_buffer_survives_sigkill(tmp_path: Path) -> None:
@@ -227,7 +252,7 @@ def test_torn_tail_record_is_ignored_and_earlier_ones_kept(tmp_path: Path) -> No
     buf.append(["ok 1"])
     buf.append(["torn 2"])
     buf.close()
-    (segment,) = tmp_path.iterdir()
+    (segment,) = tmp_path.glob("seg-*")
     segment.write_bytes(segment.read_bytes()[:-3])  # a write cut short by a crash
     reopened = DurableBuffer(tmp_path, 1 << 20)
     record = reopened.peek()
@@ -272,6 +297,125 @@ def test_appends_after_a_fully_acked_segment_start_a_new_one(tmp_path: Path) -> 
     r2 = buf.peek()
     assert r2 is not None
     assert r2.lines == ("b 2",)
+
+
+def _drain_lines(buf: DurableBuffer) -> list[str]:
+    lines: list[str] = []
+    while (record := buf.peek()) is not None:
+        lines.extend(record.lines)
+        buf.ack(record)
+    return lines
+
+
+def test_a_torn_append_is_cut_back_so_later_records_stay_aligned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 10, defect 3: a half-written append (disk full) left bytes the offsets did not know."""
+    buf = DurableBuffer(tmp_path, 1 << 20)
+    buf.append(["before 1"])
+    real = buffer_module._write
+
+    def half_then_full(fd: int, data: memoryview) -> int:
+        if len(data) > 8:
+            real(fd, data[:7])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data)
+
+    monkeypatch.setattr(buffer_module, "_write", half_then_full)
+    buf.append(["torn 2"])
+    monkeypatch.setattr(buffer_module, "_write", real)
+    buf.append(["after 3"])
+    assert buf.write_errors == {"ENOSPC": 1}
+    assert buf.unpersisted_points == 1
+    buf.close()
+    reopened = DurableBuffer(tmp_path, 1 << 20)
+    assert reopened.corrupt_records == 0
+    assert _drain_lines(reopened) == ["before 1", "after 3"]  # the torn one never reached the disk
+    assert _drain_lines(buf) == ["before 1", "torn 2", "after 3"]  # in order, from memory meanwhile
+
+
+def test_batches_the_disk_refuses_are_kept_in_memory_in_order_and_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    buf = DurableBuffer(tmp_path, 1 << 20, max_memory_bytes=100)
+
+    def full(_fd: int, _data: memoryview) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    buf.append(["disk 0"])
+    monkeypatch.setattr(buffer_module, "_write", full)
+    for i in range(1, 8):
+        buf.append([f"memory {i} " + "x" * 10])
+    assert buf.write_errors == {"ENOSPC": 7}
+    assert buf.last_write_error is not None
+    assert buf.last_write_error.startswith("ENOSPC")
+    assert buf.dropped_points > 0  # past max_memory_bytes the oldest in memory went
+    assert buf.points + buf.dropped_points == 8
+    lines = _drain_lines(buf)
+    assert lines[0] == "disk 0"
+    assert lines[-1].startswith("memory 7 ")
+    assert lines == sorted(lines, key=lambda line: int(line.split()[1]))
+
+
+async def test_a_window_is_on_disk_before_any_request_is_sent(tmp_path: Path) -> None:
+    """Issue 10, defect 1: a hung InfluxDB held windows in memory until SIGTERM lost them."""
+    buffer = DurableBuffer(tmp_path, 1 << 20)
+
+    class Hung:
+        async def send(self, payload: bytes, *, budget: float) -> None:
+            await asyncio.sleep(3600)
+
+    delivery = Delivery(Hung(), buffer, batch_size=2)  # type: ignore[arg-type]
+    delivery.enqueue(["a 1", "b 2", "c 3"])
+    assert len(buffer) == 2  # one record per batch
+    drain = asyncio.create_task(delivery.drain(budget=60))
+    await asyncio.sleep(0.05)
+    drain.cancel()  # SIGTERM during the hang
+    buffer.close()  # the process ends; its lock goes with it
+    assert _drain_lines(DurableBuffer(tmp_path, 1 << 20)) == ["a 1", "b 2", "c 3"]
+
+
+async def test_a_refused_batch_is_counted_with_influxdbs_message_and_its_siblings_are_written(tmp_path: Path) -> None:
+    buffer = DurableBuffer(tmp_path, 1 << 20)
+    message = (
+        'partial write: field type conflict: input field "count" is type float, already exists as type integer '
+        "dropped=1"
+    )
+    writer = _FakeWriter(fail={"m v=2 2": PermanentWriteError(422, message)})
+    delivery = Delivery(writer, buffer, batch_size=2)  # type: ignore[arg-type]
+    delivery.enqueue([f"m v={i} {i}" for i in range(6)])
+    assert await delivery.drain(budget=10)
+    assert sorted(writer.sent) == ["m v=0 0", "m v=2 2", "m v=4 4"]
+    assert delivery.stats.rejected_points == 1  # InfluxDB's dropped=1, not the whole batch
+    assert delivery.stats.points_written == 5
+    assert delivery.stats.errors == {"rejected": 1}
+    assert delivery.stats.last_error is not None
+    assert "field type conflict" in delivery.stats.last_error
+    assert len(buffer) == 0
+
+
+async def test_a_wrong_token_keeps_the_batches_for_after_the_fix(tmp_path: Path) -> None:
+    buffer = DurableBuffer(tmp_path, 1 << 20)
+    writer = _FakeWriter(fail={"m v=0 0": PermanentWriteError(401, "unauthorized access")})
+    delivery = Delivery(writer, buffer)  # type: ignore[arg-type]
+    delivery.enqueue(["m v=0 0"])
+    assert not await delivery.drain(budget=10)
+    assert delivery.stats.errors == {"config": 1}
+    assert buffer.points == 1
+    writer.fail = set()
+    assert await delivery.drain(budget=10)
+    assert delivery.stats.points_written == 1
+
+
+def test_a_rotated_token_file_is_read_again(tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    path.write_text("old\n")
+    source = TokenSource(InfluxTarget(token_file=str(path)))
+    assert source.get() == "old"
+    replacement = tmp_path / "token.new"
+    replacement.write_text("new")
+    replacement.replace(path)  # as the kubelet swaps a Secret: a new file behind the same name
+    assert source.get() == "new"
 
 
 # --- failures ------------------------------------------------------------------------------
@@ -320,7 +464,8 @@ class _FakeInflux:
         self.peak = 0
         self._lock = threading.Lock()
 
-    def __call__(self, lines: Sequence[str]) -> None:
+    def __call__(self, payload: bytes) -> None:
+        lines = payload.decode().split("\n")
         with self._lock:
             self.attempts += 1
             self.active += 1
@@ -370,13 +515,15 @@ async def test_a_failing_batch_is_retried_alone_and_the_write_succeeds() -> None
     assert len(fake.accepted) == 4
 
 
-async def test_a_refused_batch_fails_the_whole_write_without_retrying() -> None:
-    fake = _FakeInflux({"m v=10 10": [PermanentWriteError(400, "field type conflict")]})
+async def test_a_refused_batch_fails_the_write_but_never_cancels_its_siblings() -> None:
+    """Issue 10, defect 4: one refused batch cancelled the others, whose points were then dropped."""
+    fake = _FakeInflux({"m v=10 10": [PermanentWriteError(422, "field type conflict")]})
     writer = _writer(fake, batch_size=10, max_in_flight=2)
     with pytest.raises(PermanentWriteError, match="field type conflict"):
         await writer.write([f"m v={i} {i}" for i in range(40)], budget=10)
     writer.close()
-    assert fake.attempts <= 4
+    assert fake.attempts == 4  # not retried
+    assert sorted(batch[0] for batch in fake.accepted) == ["m v=0 0", "m v=20 20", "m v=30 30"]
 
 
 async def test_a_batch_still_failing_when_the_budget_ends_fails_the_write() -> None:
@@ -425,19 +572,23 @@ def test_the_writer_loads_only_influxdb_clients_write_path(tmp_path: Path) -> No
 class _FakeWriter:
     """Accepts or refuses whole writes by their first line; tracks concurrency."""
 
-    def __init__(self, fail: set[str] | None = None) -> None:
-        self.fail = fail or set()
+    def __init__(self, fail: set[str] | dict[str, Exception] | None = None) -> None:
+        self.fail: set[str] | dict[str, Exception] = fail or set()
         self.sent: list[str] = []
         self.active = 0
         self.peak = 0
 
-    async def write(self, lines: Sequence[str], *, budget: float) -> None:
+    async def send(self, payload: bytes, *, budget: float) -> None:
+        first = payload.decode().split("\n")[0]
         self.active += 1
         self.peak = max(self.peak, self.active)
         try:
             await asyncio.sleep(0.01)
-            self.sent.append(lines[0])
-            if lines[0] in self.fail:
+            self.sent.append(first)
+            error = self.fail.get(first) if isinstance(self.fail, dict) else None
+            if error is not None:
+                raise error
+            if first in self.fail:
                 raise RetryableWriteError("HTTP 503: busy")
         finally:
             self.active -= 1
@@ -492,3 +643,25 @@ def test_a_first_write_of_many_batches_loads_the_client_once_and_fails_retryably
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "retryable True"
+
+
+def test_one_process_at_a_time_owns_a_buffer_directory(tmp_path: Path) -> None:
+    """A buffer on the node's disk outlives pods: an old and a new agent must never append to it together."""
+    first = DurableBuffer(tmp_path, 1 << 20)
+    first.append(["a 1"])
+    script = textwrap.dedent(
+        f"""
+        from pathlib import Path
+        from observatory_agent.sinks.buffer import BufferLockedError, DurableBuffer
+        try:
+            DurableBuffer(Path({str(tmp_path)!r}), 1 << 20, lock_timeout=0.3)
+        except BufferLockedError as exc:
+            print("locked:", exc)
+        """
+    )
+    held = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=30)
+    assert held.stdout.startswith("locked:")
+    assert "another agent holds" in held.stdout
+    first.close()
+    free = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=30)
+    assert free.stdout == ""
