@@ -73,7 +73,7 @@ class Agent:
         self.telemetry = telemetry
         self.first_cycle_done = False
         self.collector_errors: dict[str, int] = {}
-        self.partials_client = partials.PartialsClient()
+        self.partials: partials.Partials | None = None
         self._collectors: list[Collector] = []
         self._aggregator: WindowAggregator | None = None
         self._delivery: Delivery | None = None
@@ -87,6 +87,7 @@ class Agent:
         self._written_seen = 0
         self._errors_seen: dict[str, int] = {}
         self._reloads_seen: dict[str, int] = {}
+        self._partials_seen = (0, 0)
 
     # --- state for /status and /readyz --------------------------------------------------------
 
@@ -106,7 +107,7 @@ class Agent:
                 "writes": dict(stats.errors) if stats else {},
                 "config_reloads_failed": self.watcher.reloads["failure"],
                 "config": self.watcher.last_error,
-                "partials": self.partials_client.errors,
+                "partials": self.partials.errors if self.partials else 0,
             },
             "config_hash": self._loaded.hash if self._loaded else "",
             "version": self.version,
@@ -144,6 +145,11 @@ class Agent:
             self._aggregator = WindowAggregator(eff.window, exact_threshold=agent.exact_quantile_threshold)
         if self._buffer is None:
             self._buffer = DurableBuffer(buffer_directory(agent.buffer_dir), agent.buffer_max_bytes)
+        if self.partials is None:
+            self.partials = partials.Partials(
+                self.node, self._buffer.directory / "partials", partials.outbox_bytes(agent.buffer_max_bytes)
+            )
+        self.partials.configure(agent.processors)
         writer = None
         if eff.influxdb_url and eff.influxdb_org and eff.influxdb_bucket:
             try:
@@ -240,14 +246,13 @@ class Agent:
             for window in closed:
                 with tracing.span("agent.window_close", window_end=window.end, series=len(window.series)):
                     lines = lineproto.encode_many(window.aggregates(agent.quantiles))
-                    for target in agent.processors:
-                        partial = partials.build(window, target, self.node)
-                        if partial is not None and await self.partials_client.send(target, partial):
-                            self.telemetry.partials_sent.inc()
+                    if self.partials is not None:
+                        self.partials.submit(window, time.time())  # built and sent on their own task
                 with tracing.span("agent.flush", points=len(lines)):
                     await self._delivery.deliver(lines, budget=budget)
                 self.telemetry.windows_closed.inc()
             self._sync_delivery_metrics()
+            self._sync_partials_metrics()
 
     def _sync_delivery_metrics(self) -> None:
         assert self._delivery is not None
@@ -266,6 +271,16 @@ class Agent:
         t.buffered_bytes.set(self._buffer.disk_bytes)
         if stats.last_successful_write is not None:
             t.last_successful_write.set(stats.last_successful_write)
+
+    def _sync_partials_metrics(self) -> None:
+        if self.partials is None:
+            return
+        t, p = self.telemetry, self.partials
+        sent = sum(s.stats.sent for s in p.senders.values())
+        t.partials_sent.inc(sent - self._partials_seen[0])
+        t.partials_dropped.inc(p.dropped - self._partials_seen[1])
+        self._partials_seen = (sent, p.dropped)
+        t.partials_pending.set(p.pending)
 
     def _sync_reload_metrics(self) -> None:
         for result, n in self.watcher.reloads.items():
@@ -312,7 +327,8 @@ class Agent:
             _done, pending = await asyncio.wait(set(self._flushes), timeout=SHUTDOWN_FLUSH_BUDGET + 2.0)
             for task in pending:
                 task.cancel()
-        await self.partials_client.close()
+        if self.partials is not None:
+            await self.partials.close(SHUTDOWN_FLUSH_BUDGET)
         for collector in self._collectors:
             close = getattr(collector, "close", None)
             if close is not None:

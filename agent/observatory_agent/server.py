@@ -1,4 +1,4 @@
-"""HTTP endpoints: ``/metrics`` (Prometheus), ``/healthz``, ``/readyz`` and ``/status`` (JSON).
+"""HTTP endpoints: ``/metrics`` (Prometheus), ``/healthz``, ``/readyz``, ``/status`` (JSON), and POST routes.
 
 ``/status`` is what the operator reads into the ObservatoryCollector's status::
 
@@ -10,6 +10,13 @@ serves them (prometheus-client imports it anyway), from one daemon thread with a
 connection. Importing aiohttp's server for them cost ~9 MB of the agent's steady RSS, on every
 node. Handlers run on the agent's event loop, never on the server's threads, so they read the
 agent's state without racing the loop that mutates it.
+
+POST routes (the processor's ``/v1/partials``) get their body read, size-capped (413) and
+gzip-decoded (capped again) on the connection's thread; their handler runs there too (parsing
+is pure) and returns either a response or a function that the server runs on the event loop to
+apply the request to shared state. A POST's connection is closed after the answer, so a
+thousand agents posting once a window never hold a thousand idle threads, and at most
+``App.max_inflight`` POSTs are handled at once (503 beyond).
 """
 
 from __future__ import annotations
@@ -18,14 +25,13 @@ import asyncio
 import concurrent.futures
 import json
 import threading
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-from observatory_agent.telemetry import Telemetry
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 IDLE_TIMEOUT = 60.0
 """Seconds a connection may sit idle (Prometheus keeps its connections alive between scrapes)."""
@@ -41,9 +47,32 @@ class Response:
     status: int
     body: bytes
     content_type: str = TEXT
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 Handler = Callable[[], Response]
+
+
+@dataclass(frozen=True)
+class Request:
+    """A POST as its handler sees it: the body is already size-checked and decoded."""
+
+    path: str
+    headers: Mapping[str, str]
+    body: bytes
+
+
+PostHandler = Callable[[Request], "Response | Handler"]
+"""Runs on the connection's thread; a returned ``Handler`` then runs on the event loop."""
+
+
+def json_response(status: int, payload: Any) -> Response:
+    return Response(status, json.dumps(payload).encode(), JSON)
+
+
+def error(status: int, message: str, field: str | None = None) -> Response:
+    """A 4xx/5xx JSON body: ``{"error": message, "field": field}``."""
+    return json_response(status, {"error": message, "field": field})
 
 
 @dataclass
@@ -51,9 +80,17 @@ class App:
     """Path → handler; handlers are synchronous and quick (they read in-memory state)."""
 
     routes: dict[str, Handler] = field(default_factory=dict)
+    posts: dict[str, PostHandler] = field(default_factory=dict)
+    max_body: int = 1 << 20
+    """Largest POST body in bytes, before and after gzip decoding."""
+    max_inflight: int = 32
 
 
-def make_app(telemetry: Telemetry, status: Callable[[], dict[str, Any]], ready: Callable[[], bool]) -> App:
+class HasRegistry(Protocol):
+    registry: CollectorRegistry
+
+
+def make_app(telemetry: HasRegistry, status: Callable[[], dict[str, Any]], ready: Callable[[], bool]) -> App:
     def metrics() -> Response:
         return Response(200, generate_latest(telemetry.registry), CONTENT_TYPE_LATEST)
 
@@ -75,6 +112,8 @@ class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True  # connection threads never hold up the agent's exit
     app: App
     loop: asyncio.AbstractEventLoop
+
+    inflight: threading.BoundedSemaphore
 
     def call(self, handler: Handler) -> Response:
         """Run ``handler`` on the agent's event loop and wait for its answer."""
@@ -108,9 +147,73 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve(head=True)
 
     def _refuse(self) -> None:
-        self._send(Response(405, b"method not allowed\n"), head=False, allow=self.ALLOW)
+        path = self.path.split("?", 1)[0]
+        allow = self.ALLOW + (", POST" if path in self.server.app.posts else "")
+        self._send(Response(405, b"method not allowed\n"), head=False, allow=allow)
 
-    do_POST = do_PUT = do_PATCH = do_DELETE = _refuse
+    do_PUT = do_PATCH = do_DELETE = _refuse
+
+    def do_POST(self) -> None:
+        path = self.path.split("?", 1)[0]
+        app = self.server.app
+        handler = app.posts.get(path)
+        self.close_connection = True  # see the module docstring: one POST, one connection
+        if handler is None:
+            if path in app.routes:
+                self._refuse()
+            else:
+                self._send(Response(404, b"not found\n"), head=False)
+            return
+        if not self.server.inflight.acquire(blocking=False):
+            self._send(error(503, f"more than {app.max_inflight} requests in flight; retry later"), head=False)
+            return
+        try:
+            response = self._post(handler, app.max_body)
+        finally:
+            self.server.inflight.release()
+        self._send(response, head=False)
+
+    def _post(self, handler: PostHandler, limit: int) -> Response:
+        body = self._body(limit)
+        if isinstance(body, Response):
+            return body
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        try:
+            result = handler(Request(self.path, headers, body))
+        except Exception:  # a handler's bug is a 500 for that request, not a dead server
+            return error(500, "internal error")
+        return result if isinstance(result, Response) else self.server.call(result)
+
+    def _body(self, limit: int) -> bytes | Response:  # noqa: PLR0911 - one refusal per rule of HTTP
+        """The request body, decoded, or the response refusing it."""
+        if self.headers.get("Transfer-Encoding"):
+            return error(411, "send the body with a Content-Length, not chunked")
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            return error(411, "Content-Length is required")
+        if length < 0:
+            return error(400, "Content-Length must not be negative")
+        if length > limit:
+            return error(413, f"body of {length} bytes is over the limit of {limit}")
+        body = self.rfile.read(length)
+        if len(body) != length:
+            return error(400, f"body ended after {len(body)} of {length} bytes")
+        encoding = (self.headers.get("Content-Encoding") or "identity").strip().lower()
+        if encoding == "identity":
+            return body
+        if encoding != "gzip":
+            return error(415, f"Content-Encoding {encoding!r} is not supported (use gzip or none)")
+        decoder = zlib.decompressobj(wbits=31)
+        try:
+            body = decoder.decompress(body, limit + 1)
+        except zlib.error as exc:
+            return error(400, f"body is not valid gzip: {exc}")
+        if len(body) > limit or decoder.unconsumed_tail:
+            return error(413, f"body decodes to more than the limit of {limit} bytes")
+        if not decoder.eof:
+            return error(400, "body is not valid gzip: truncated")
+        return body
 
     def _serve(self, *, head: bool) -> None:
         handler = self.server.app.routes.get(self.path.split("?", 1)[0])
@@ -123,6 +226,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(response.body)))
         if allow:
             self.send_header("Allow", allow)
+        for name, value in response.headers:
+            self.send_header(name, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         if not head:
             self.wfile.write(response.body)
@@ -155,4 +262,5 @@ async def start(app: App, host: str, port: int) -> Server:
     httpd = _HTTPServer((host, port), _Handler)
     httpd.app = app
     httpd.loop = asyncio.get_running_loop()
+    httpd.inflight = threading.BoundedSemaphore(app.max_inflight)
     return Server(httpd)

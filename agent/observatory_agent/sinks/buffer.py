@@ -50,6 +50,15 @@ class _Entry:
     points: int
 
 
+def fsync_directory(directory: Path) -> None:
+    """Make a file created or renamed in ``directory`` survive a crash (its entry is data too)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class DurableBuffer:
     """FIFO of line batches on disk, bounded by ``max_bytes`` of segment files."""
 
@@ -124,11 +133,7 @@ class DurableBuffer:
             self._path(seq).unlink(missing_ok=True)
 
     def _fsync_dir(self) -> None:
-        fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_directory(self.directory)
 
     def _open_active(self) -> BinaryIO:
         if self._active is not None and self._segment_sizes.get(self._active_seq, 0) < self.segment_bytes:

@@ -162,3 +162,27 @@ def _number(value: float) -> float:
     # ``%r`` must print a float field as ``repr(float(v))`` even when an int got into it
     # (and ``count``, an exact int in the fast path, stays one).
     return value if value.__class__ is float or (value.__class__ is int and abs(value) < _EXACT) else float(value)
+
+
+FieldValue = float | int | str | bool
+
+
+def _field(value: FieldValue) -> str | None:
+    """A field value: ``1i`` for an int, ``"…"`` for a string, None for a non-finite float."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return f"{value}i"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return _float(value) if math.isfinite(value) else None
+
+
+def encode_point(measurement: str, tags: dict[str, str], fields: dict[str, FieldValue], timestamp: float) -> str:
+    """One line for any point (the processor's roll-ups, markers and health), same escaping as ``encode``.
+
+    Ints are integer fields, strings string fields; non-finite floats are left out.
+    """
+    encoded = sorted((k, text) for k, v in fields.items() if (text := _field(v)) is not None)
+    body = ",".join(f"{escape_key(k)}={text}" for k, text in encoded)
+    return f"{escape_measurement(measurement)}{_tags(tags)} {body} {round(timestamp * 1000)}"
