@@ -15,7 +15,9 @@ The protocol, agent side (the processor's side is in ``observatory_agent.process
   ``too_late``, ``conflict`` and ``mismatch`` refusals and 4xx answers drop it (counted).
 - Failures (network, 5xx, 503 while the processor reads its watermark back) back off up to the
   agent window; when nothing is left to send but partials wait to be written, the sender asks
-  ``GET /v1/partials`` once per agent window so a restarted processor is noticed.
+  ``GET /v1/partials`` once per agent window so a restarted processor is noticed. A sender that
+  starts with partials on disk (the agent restarted) asks first, so it sends only what is not
+  written yet.
 
 A partial's key is ``(rule, node, source, agent window)``. ``source`` names this process and its
 window aggregator: a window closed early (SIGTERM, a config change) and closed again after a
@@ -341,6 +343,11 @@ class RuleSender:
         """Send what this processor instance lacks, oldest first; poll its watermark when idle."""
         if self._clock() < self._retry_at:
             return
+        if self.instance is None and len(self.outbox):
+            # A restarted agent asks first: what is already written is deleted, not sent again.
+            await self._poll()
+            if self.instance is None:
+                return
         pending = self._undelivered()
         for entry in pending:
             self._agent_window = max(1e-3, entry.window_end - entry.window_start)

@@ -138,6 +138,9 @@ class Scripted(partials.Http):
         end = WindowPartial.model_validate_json(body).window_end if body else None
         self.requests.append((method, end))
         status, payload = self.answer(method, body)
+        if method == "GET" and isinstance(payload, PartialsAck):  # GET answers the state only
+            status = 200
+            payload = ProcessorState(rule=payload.rule, instance=payload.instance, watermark=payload.watermark)
         raw = (
             payload.model_dump_json().encode() if hasattr(payload, "model_dump_json") else json.dumps(payload).encode()
         )
@@ -169,10 +172,10 @@ async def test_an_accepted_partial_stays_until_the_watermark_passes_its_window(t
     http = Scripted(lambda m, b: (202, _ack(watermark=marks["watermark"])))
     sender, _ = _sender(tmp_path, http, 120.0, 180.0)
     await sender.pump()
-    assert http.requests == [("POST", 120.0), ("POST", 180.0)]
+    assert http.requests == [("GET", None), ("POST", 120.0), ("POST", 180.0)]
     assert len(sender.outbox) == 2
     await sender.pump()
-    assert len(http.requests) == 2  # delivered to this instance: not sent again
+    assert len(http.requests) == 3  # delivered to this instance: not sent again
     marks["watermark"] = 120.0
     _put(sender.outbox, _partial(240.0))
     await sender.pump()
@@ -189,7 +192,9 @@ async def test_a_new_processor_instance_gets_everything_above_its_watermark_agai
     _put(sender.outbox, _partial(240.0))
     await sender.pump()  # the new window's answer names p2 ...
     await sender.pump()  # ... so the next round sends p2 the older ones again
-    assert http.requests == [("POST", 120.0), ("POST", 180.0), ("POST", 240.0), ("POST", 120.0), ("POST", 180.0)]
+    assert http.requests == [
+        ("GET", None), ("POST", 120.0), ("POST", 180.0), ("POST", 240.0), ("POST", 120.0), ("POST", 180.0),
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -208,6 +213,7 @@ async def test_each_refusal_keeps_or_drops_the_partial(
     refusal = PartialsAck(rule="cpu-rollup", instance="p1", accepted=False, reason=reason, message="why")
     http = Scripted(lambda m, b: (200, refusal))
     sender, clock = _sender(tmp_path, http, 120.0)
+    sender.instance = "p1"  # known already: no first poll
     await sender.pump()
     assert len(sender.outbox) == (1 if kept else 0)
     clock.now += 30  # past a busy answer's backoff, short of an agent window (no watermark poll)
@@ -219,6 +225,7 @@ async def test_each_refusal_keeps_or_drops_the_partial(
 async def test_a_4xx_drops_the_partial_and_a_network_failure_keeps_it_and_backs_off(tmp_path: Path) -> None:
     http = Scripted(lambda m, b: (422, {"error": "series.count.0: bad", "field": "series.count.0"}))
     sender, _ = _sender(tmp_path, http, 120.0)
+    sender.instance = "p1"
     await sender.pump()
     assert (len(sender.outbox), sender.stats.rejected) == (0, 1)
 
@@ -227,6 +234,7 @@ async def test_a_4xx_drops_the_partial_and_a_network_failure_keeps_it_and_backs_
 
     http = Scripted(down)
     sender, clock = _sender(tmp_path / "b", http, 120.0, 180.0)
+    sender.instance = "p1"
     await sender.pump()
     await sender.pump()
     assert http.requests == [("POST", 120.0)]  # the second round waits for the backoff
@@ -245,6 +253,7 @@ async def test_an_idle_sender_asks_for_the_watermark_once_per_agent_window(tmp_p
         )
     )
     sender, clock = _sender(tmp_path, http, 120.0)
+    sender.instance = "p1"
     await sender.pump()
     await sender.pump()
     assert [m for m, _ in http.requests] == ["POST"]
@@ -252,6 +261,14 @@ async def test_an_idle_sender_asks_for_the_watermark_once_per_agent_window(tmp_p
     await sender.pump()
     assert [m for m, _ in http.requests] == ["POST", "GET"]
     assert len(sender.outbox) == 0
+
+
+async def test_a_restarted_agent_asks_first_and_sends_only_what_is_not_written(tmp_path: Path) -> None:
+    http = Scripted(lambda m, b: (202, _ack(watermark=180.0)))
+    sender, _ = _sender(tmp_path, http, 120.0, 180.0, 240.0)
+    await sender.pump()
+    assert http.requests == [("GET", None), ("POST", 240.0)]
+    assert [e.window_end for e in sender.outbox.entries()] == [240.0]
 
 
 async def test_a_window_closed_early_makes_the_rest_of_it_a_new_source(tmp_path: Path) -> None:
