@@ -14,10 +14,8 @@ import math
 import os
 import random
 import secrets
-import signal
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -74,15 +72,11 @@ class Exposition:
 
 
 @dataclass
-class ProcessorProcess:
-    """One processor: its config, buffer directory, port and log."""
+class ProcessorProcess(AgentProcess):
+    """One processor: the agent's process handling (HTTP reads, stop, SIGKILL), its own config and command."""
 
-    directory: Path
-    influx: InfluxDB
-    rule: str
-    spec: dict[str, Any]
-    port: int = field(default_factory=free_port)
-    process: Process | None = None
+    rule: str = ""
+    spec: dict[str, Any] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -133,41 +127,7 @@ class ProcessorProcess:
             wait_for(self.status, timeout=30, what=f"processor /status (log: {self.log})")
 
     def ready(self) -> bool:
-        if self.process is not None and not self.process.alive():
-            raise RuntimeError(f"processor exited with {self.process.returncode()}:\n{self.process.tail()}")
-        with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as resp:
-            return bool(resp.status == 200)
-
-    def get(self, path: str) -> bytes:
-        with urllib.request.urlopen(f"{self.url}{path}", timeout=5) as resp:
-            body: bytes = resp.read()
-            return body
-
-    def status(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(self.get("/status"))
-        return data
-
-    def metric(self, name: str) -> float:
-        for line in self.get("/metrics").decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-        raise KeyError(name)
-
-    def stop(self) -> int | None:
-        if self.process is None:
-            return None
-        code = self.process.stop(grace=15.0)
-        self.process = None
-        return code
-
-    def kill(self) -> None:
-        """SIGKILL, as the OOM killer or a node failure would."""
-        assert self.process is not None
-        assert self.process.popen is not None
-        os.kill(self.process.popen.pid, signal.SIGKILL)
-        self.process.popen.wait(timeout=10)
-        self.process.stop(grace=0)
-        self.process = None
+        return self._ready()
 
 
 class RollupAgent(AgentProcess):
@@ -206,7 +166,7 @@ class Bed:
             "output": {"measurement": f"itest.rollup.{rule}"},
             **spec,
         }
-        processor = ProcessorProcess(self.root / rule, self.influx, rule, spec)
+        processor = ProcessorProcess(self.root / rule, rule, self.id, free_port(), self.influx, rule=rule, spec=spec)
         self.processors.append(processor)
         return processor
 
