@@ -21,7 +21,9 @@ import json
 import math
 import os
 import re
-from collections.abc import Mapping
+import sys
+from array import array
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
@@ -571,39 +573,108 @@ def _same_length(v: list[Any], info: Any) -> list[Any]:
     return v
 
 
-class SeriesColumns(BaseModel):
-    """A window's series column by column: entry ``i`` of every list belongs to series ``i``.
+def pack_floats(values: Iterable[float]) -> bytes:
+    """Floats as little-endian IEEE 754 binary64, the form ``SeriesColumns`` carries them in."""
+    packed = array("d", values)
+    if sys.byteorder != "little":
+        packed.byteswap()
+    return packed.tobytes()
 
-    Columns, not one object per series, because a processor parses every agent's partial of
-    every window: this halves its cost per series. A series without a sketch contributes its
-    ``count`` samples to ``values``, in series order; a series past the agent's exact threshold
-    has an entry in ``sketches`` instead.
+
+def unpack_floats(data: bytes) -> array[float]:
+    """The inverse of ``pack_floats``."""
+    unpacked = array("d")
+    unpacked.frombytes(data)
+    if sys.byteorder != "little":
+        unpacked.byteswap()
+    return unpacked
+
+
+def _float_column(v: bytes, info: Any) -> bytes:
+    if len(v) % 8:
+        raise ValueError(f"{len(v)} bytes is not a whole number of 8-byte floats")
+    names = info.data.get("name")
+    if info.field_name != "values" and names is not None and len(v) != 8 * len(names):
+        raise ValueError(f"has {len(v) // 8} entries but name has {len(names)}")
+    if _has_non_finite(v):
+        floats = unpack_floats(v)
+        bad = next(i for i, x in enumerate(floats) if not math.isfinite(x))
+        raise ValueError(f"entry {bad} is {floats[bad]!r}, not a finite number")
+    return v
+
+
+_TOP_EXPONENT: Final = bytes(0x7F if b & 0x7F == 0x7F else 0 for b in range(256))
+_LOW_EXPONENT: Final = bytes(0x7F if b & 0xF0 == 0xF0 else 0 for b in range(256))
+
+
+def _has_non_finite(packed: bytes) -> bool:
+    """Whether little-endian binary64 floats hold a NaN or an infinity, without a Python step per float.
+
+    Exactly those have all eleven exponent bits set: the low seven bits of each float's last byte
+    and the high four of the byte before it. Both bytes are mapped to 0x7F when their part is all
+    ones, and the two byte strings are ANDed as integers: any nonzero byte left is such a float.
+    """
+    top = packed[7::8].translate(_TOP_EXPONENT)
+    low = packed[6::8].translate(_LOW_EXPONENT)
+    return bool(int.from_bytes(top, "little") & int.from_bytes(low, "little"))
+
+
+Float64s = Annotated[
+    bytes,
+    Field(description="Little-endian IEEE 754 binary64 floats; base64 (RFC 4648, either alphabet) in JSON."),
+]
+
+
+class SeriesColumns(BaseModel):
+    """A window's series column by column: entry ``i`` of every column belongs to series ``i``.
+
+    Columns, not one object per series (nor one tag mapping per series), and numbers as packed
+    binary64 (base64 in JSON), because a processor parses every agent's partial of every window:
+    parsing a float out of JSON text cost more than merging it. Packed floats are exact. A series
+    without a sketch contributes its ``count`` samples to ``values``, in series order; a series
+    past the agent's exact threshold has an entry in ``sketches`` instead.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, val_json_bytes="base64", ser_json_bytes="base64")
 
     name: list[Annotated[str, Field(min_length=1)]] = Field(description="Metric name of each series.")
-    tags: list[dict[str, str]] = Field(description="Tags of each series.")
+    tags: dict[Annotated[str, Field(min_length=1)], list[str | None]] = Field(
+        default_factory=dict, description="Tag key → each series' value of it (null where a series has none)."
+    )
     count: list[Annotated[int, Field(ge=1)]] = Field(description="Samples in the window.")
-    sum: list[float]
-    min: list[float]
-    max: list[float]
-    last: list[float] = Field(description="The sample with the newest timestamp.")
-    last_timestamp: list[float]
-    values: list[float] = Field(default_factory=list, description="Samples of every series without a sketch.")
+    sum: Float64s
+    min: Float64s
+    max: Float64s
+    last: Float64s = Field(description="The sample with the newest timestamp.")
+    last_timestamp: Float64s
+    values: Float64s = Field(default=b"", description="Samples of every series without a sketch.")
     sketches: dict[int, SketchState] = Field(
         default_factory=dict, description="Series index → its DDSketch, for series past the agent's exact threshold."
     )
 
-    _lengths = field_validator("tags", "count", "sum", "min", "max", "last", "last_timestamp")(_same_length)
+    _lengths = field_validator("count")(_same_length)
+    _floats = field_validator("sum", "min", "max", "last", "last_timestamp", "values")(_float_column)
+
+    @field_validator("tags")
+    @classmethod
+    def _tag_columns(cls, v: dict[str, list[str | None]], info: Any) -> dict[str, list[str | None]]:
+        names = info.data.get("name")
+        if names is not None:
+            for key, column in v.items():
+                if len(column) != len(names):
+                    raise ValueError(f"tag {key!r} has {len(column)} entries but name has {len(names)}")
+        return v
 
     @field_validator("max")
     @classmethod
-    def _max(cls, v: list[float], info: Any) -> list[float]:
-        lows = info.data.get("min")
-        if lows is not None and any(map(float.__lt__, v, lows)):  # the common case stays in C
-            i = next(i for i, (lo, hi) in enumerate(zip(lows, v, strict=False)) if hi < lo)
-            raise ValueError(f"entry {i}: max {v[i]!r} is below min {lows[i]!r}")
+    def _max(cls, v: bytes, info: Any) -> bytes:
+        packed = info.data.get("min")
+        if packed is None or len(packed) != len(v):
+            return v
+        lows, highs = unpack_floats(packed), unpack_floats(v)
+        if any(map(float.__lt__, highs, lows)):  # the common case stays in C
+            i = next(i for i, (lo, hi) in enumerate(zip(lows, highs, strict=True)) if hi < lo)
+            raise ValueError(f"entry {i}: max {highs[i]!r} is below min {lows[i]!r}")
         return v
 
     @model_validator(mode="after")
@@ -615,8 +686,10 @@ class SeriesColumns(BaseModel):
             if abs(sketch.total - self.count[i]) > 1e-6 * self.count[i]:
                 raise ValueError(f"sketches: series {i} holds {sketch.total:g} samples but count is {self.count[i]}")
         exact = sum(self.count) - sum(self.count[i] for i in self.sketches)
-        if len(self.values) != exact:
-            raise ValueError(f"values has {len(self.values)} entries but the series without a sketch count {exact}")
+        if len(self.values) != 8 * exact:
+            raise ValueError(
+                f"values has {len(self.values) // 8} entries but the series without a sketch count {exact}"
+            )
         return self
 
     def __len__(self) -> int:

@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any, Final
 
 import numpy as np
@@ -37,19 +37,30 @@ from ddsketch import CollapsingLowestDenseStore, LogarithmicMapping
 from ddsketch.ddsketch import BaseDDSketch
 
 from observatory_agent.aggregation import quantiles as qmod
-from observatory_agent.contract import EffectiveProcessorConfig, RefusalReason, SketchState, WindowPartial
+from observatory_agent.contract import (
+    EffectiveProcessorConfig,
+    RefusalReason,
+    SeriesColumns,
+    SketchState,
+    WindowPartial,
+    unpack_floats,
+)
 
 BIN_LIMIT: Final = 2048
 """Buckets per sign of a group's sketch: nine decades at 1% before the lowest collapse."""
-SPILL_BATCH: Final = 4096
-"""Samples a sketched group gathers before binning them at once (numpy's cost is per call)."""
+SPILL_BATCH: Final = 1 << 19
+"""Samples of sketched groups a window gathers before binning them at once (~6 MB)."""
+MATRIX_LIMIT: Final = 1 << 22
+"""Most (group × bucket) cells counted in one ``bincount`` (32 MB of counts)."""
 DROPPED_KEYS_KEPT: Final = 10_000
 """Distinct dropped group keys remembered per window; past it drops are still counted as series."""
 FUTURE_SLACK: Final = 5.0
 """Seconds of clock skew tolerated on a partial's window end."""
 
-GroupKey = tuple[str, ...]
-"""The group's values of the rule's groupBy tags, in groupBy order ("" where a series lacks one)."""
+GroupKey = tuple[str | None, ...]
+"""The group's values of the rule's groupBy tags, in groupBy order (None where a series lacks one)."""
+
+Array = np.ndarray[Any, Any]
 
 _LN2: Final = math.log(2)
 _EPS: Final = 1e-6
@@ -161,26 +172,17 @@ class GroupSketch:
 
 
 class GroupState:
-    """One output series in one window.
+    """One output series' samples in one window (its count, sum, min, max and last are in ``Stats``).
 
-    ``values`` holds every sample while the group is exact; once it is not, ``values`` is None,
-    ``sketch`` holds the binned samples and ``pending`` those not yet binned.
+    ``values`` holds every sample while the group is exact; once it is not, ``values`` is None and
+    ``sketch`` holds its buckets (samples still waiting in the window's batch are binned later).
     """
 
-    __slots__ = ("count", "hi", "last", "last_ts", "lo", "nodes", "pending", "sketch", "total", "values")
+    __slots__ = ("sketch", "values")
 
     def __init__(self) -> None:
-        self.count = 0
-        self.total = 0.0
-        self.lo = math.inf
-        self.hi = -math.inf
-        self.last = math.nan
-        self.last_ts = -math.inf
         self.values: list[float] | None = []
-        self.pending: array[float] | None = None
         self.sketch: GroupSketch | None = None
-        self.nodes = 0
-        """Bit ``i`` set: the window's node ``i`` contributed."""
 
     @property
     def exact(self) -> bool:
@@ -191,61 +193,161 @@ class GroupState:
         if self.values is None:
             return
         self.sketch = GroupSketch()
-        self.pending = array("d", self.values)
+        self.sketch.add_samples(np.array(self.values))
         self.values = None
-        self.spill()
-
-    def spill(self) -> None:
-        """Bin the pending samples into the sketch."""
-        if self.pending:
-            assert self.sketch is not None
-            self.sketch.add_samples(np.frombuffer(self.pending, dtype=np.float64))
-            self.pending = array("d")
-
-    def add_samples(self, samples: list[float], threshold: int) -> None:
-        values = self.values
-        if values is not None:
-            values += samples
-            if len(values) > threshold:
-                self.to_sketch()
-            return
-        pending = self.pending
-        assert pending is not None
-        pending.extend(samples)
-        if len(pending) >= SPILL_BATCH:
-            self.spill()
 
     def add_sketch(self, state: SketchState) -> None:
         self.to_sketch()
         assert self.sketch is not None
         self.sketch.add_state(state)
 
-    def quantiles(self, keyed: tuple[tuple[str, float], ...]) -> dict[str, float]:
+    def quantiles(self, keyed: tuple[tuple[str, float], ...], lo: float, hi: float) -> dict[str, float]:
         if self.values is not None:
             ordered = sorted(self.values)
             return {key: qmod.exact_quantile(ordered, q) for key, q in keyed}
-        self.spill()
         assert self.sketch is not None
         sketch = self.sketch.ddsketch()
-        return {key: qmod.sketch_quantile(sketch, q, self.lo, self.hi) for key, q in keyed}
+        return {key: qmod.sketch_quantile(sketch, q, lo, hi) for key, q in keyed}
 
-    def fields(self, names: tuple[str, ...], keyed: tuple[tuple[str, float], ...]) -> dict[str, float | int | str]:
-        """The output point's fields: the rule's functions, ``nodes`` and ``quantile_method``."""
-        # Exact groups hold every sample: their sum does not depend on the order partials came in.
-        total = math.fsum(self.values) if self.values is not None else self.total
-        base: dict[str, float | int] = {
-            "count": self.count,
-            "sum": total,
-            "mean": total / self.count,
-            "min": self.lo,
-            "max": self.hi,
-            "last": self.last,
-        }
-        quantiles = self.quantiles(keyed) if keyed else {}
-        out: dict[str, float | int | str] = {n: quantiles[n] if n in quantiles else base[n] for n in names}
-        out["nodes"] = self.nodes.bit_count()
-        out["quantile_method"] = "exact" if self.values is not None else "sketch"
-        return out
+
+class Batch:
+    """Samples of sketched groups, gathered over many partials and binned at once.
+
+    Binning a partial's few samples per group costs a numpy call per group; gathered over
+    ``SPILL_BATCH`` samples, one ``bincount`` over (group, bucket) bins them all.
+    """
+
+    __slots__ = ("rows", "size", "values")
+
+    def __init__(self) -> None:
+        self.rows: list[np.ndarray[Any, Any]] = []
+        self.values: list[np.ndarray[Any, Any]] = []
+        self.size = 0
+
+    def add(self, rows: np.ndarray[Any, Any], values: np.ndarray[Any, Any]) -> None:
+        self.rows.append(rows)
+        self.values.append(values)
+        self.size += len(values)
+
+    def bin(self, states: list[GroupState]) -> None:
+        """Add every gathered sample to its group's sketch."""
+        if not self.size:
+            return
+        rows, values = np.concatenate(self.rows), np.concatenate(self.values)
+        self.rows, self.values, self.size = [], [], 0
+        floor = _MAPPING.min_possible
+        positive, negative = values > floor, values < -floor
+        for mask, sign in ((positive, 1.0), (negative, -1.0)):
+            if mask.any():
+                _bin_rows(states, rows[mask], bucket_keys(sign * values[mask]), negative=sign < 0)
+        zeros = ~(positive | negative)
+        if zeros.any():
+            for row, n in zip(*np.unique(rows[zeros], return_counts=True), strict=True):
+                sketch = states[int(row)].sketch
+                assert sketch is not None
+                sketch.zeros += float(n)
+
+
+def _bin_rows(
+    states: list[GroupState], rows: np.ndarray[Any, Any], keys: np.ndarray[Any, Any], *, negative: bool
+) -> None:
+    """Count (group, bucket) pairs in one pass and hand each group its buckets."""
+    low = int(keys.min())
+    span = int(keys.max()) - low + 1
+    groups = len(states)
+    if span * groups <= MATRIX_LIMIT:
+        matrix = np.bincount(rows * span + (keys - low), minlength=groups * span).reshape(groups, span)
+        for row in np.flatnonzero(matrix.any(axis=1)).tolist():
+            counts = matrix[row]
+            used = np.flatnonzero(counts)
+            sketch = states[row].sketch
+            assert sketch is not None
+            (sketch.negative if negative else sketch.positive).add(used + low, counts[used].astype(np.float64))
+        return
+    # Too spread for one matrix (bad input, or very many groups): sort the pairs instead.
+    pairs, counts = np.unique(rows.astype(np.int64) * (1 << 32) + (keys - low), return_counts=True)
+    owners = pairs >> 32
+    starts = np.flatnonzero(np.append(True, owners[1:] != owners[:-1]))
+    for first, last in zip(starts.tolist(), [*starts[1:].tolist(), len(pairs)], strict=True):
+        sketch = states[int(owners[first])].sketch
+        assert sketch is not None
+        bins = sketch.negative if negative else sketch.positive
+        bins.add((pairs[first:last] & 0xFFFFFFFF) + low, counts[first:last].astype(np.float64))
+
+
+class Stats:
+    """Count, sum, min, max and last of every group of a window, as numpy columns indexed by group."""
+
+    __slots__ = ("count", "hi", "last", "last_ts", "lo", "sketched", "total")
+
+    def __init__(self, capacity: int = 64) -> None:
+        self.sketched = np.zeros(capacity, dtype=bool)
+        """Groups no longer exact: their samples go to the window's batch."""
+        self.count = np.zeros(capacity, dtype=np.int64)
+        self.total = np.zeros(capacity)
+        self.lo = np.full(capacity, np.inf)
+        self.hi = np.full(capacity, -np.inf)
+        self.last = np.full(capacity, np.nan)
+        self.last_ts = np.full(capacity, -np.inf)
+
+    def reserve(self, groups: int) -> None:
+        capacity = len(self.count)
+        if groups <= capacity:
+            return
+        grown = Stats(max(groups, 2 * capacity))
+        for name in self.__slots__:
+            getattr(grown, name)[:capacity] = getattr(self, name)
+            setattr(self, name, getattr(grown, name))
+
+    def fold(self, groups: np.ndarray[Any, Any], cols: SeriesColumns, rows: np.ndarray[Any, Any] | None) -> None:
+        """Fold one partial's series (``rows`` of its columns, all when None) into their ``groups``."""
+
+        def column(values: bytes | list[int]) -> Array:
+            arr = np.frombuffer(values, dtype="<f8") if isinstance(values, bytes) else np.asarray(values)
+            return arr if rows is None else arr[rows]
+
+        size = int(groups.max()) + 1
+        self.reserve(size)
+        self.count[:size] += np.bincount(groups, weights=column(cols.count), minlength=size).astype(np.int64)
+        self.total[:size] += np.bincount(groups, weights=column(cols.sum), minlength=size)
+        np.minimum.at(self.lo, groups, column(cols.min))
+        np.maximum.at(self.hi, groups, column(cols.max))
+        # Last: the newest sample, ties to the larger value, so arrival order cannot change it.
+        stamps, lasts = column(cols.last_timestamp), column(cols.last)
+        order = np.lexsort((lasts, stamps, groups))
+        ordered = groups[order]
+        ends = np.flatnonzero(np.append(ordered[1:] != ordered[:-1], True))
+        best, best_ts, best_last = ordered[ends], stamps[order][ends], lasts[order][ends]
+        cur_ts, cur_last = self.last_ts[best], self.last[best]
+        newer = (best_ts > cur_ts) | ((best_ts == cur_ts) & ~(best_last <= cur_last))
+        self.last_ts[best[newer]] = best_ts[newer]
+        self.last[best[newer]] = best_last[newer]
+
+
+class NodeSets:
+    """Which of a window's nodes contributed to each group: one bit per (node, group).
+
+    Bits are packed along nodes, so the bound is ``max_nodes / 8`` bytes per group.
+    """
+
+    __slots__ = ("bits",)
+
+    def __init__(self) -> None:
+        self.bits = np.zeros((1, 64), dtype=np.uint8)
+
+    def add(self, node: int, groups: Array) -> None:
+        row, rows, columns = node >> 3, *self.bits.shape
+        need = int(groups.max()) + 1
+        if row >= rows or need > columns:
+            grown = np.zeros((max(row + 1, 2 * rows if row >= rows else rows), max(need, 2 * columns)), np.uint8)
+            grown[:rows, :columns] = self.bits
+            self.bits = grown
+        self.bits[row, groups] |= np.uint8(1 << (node & 7))
+
+    def counts(self, groups: int) -> Array:
+        """Contributing nodes of groups ``0 .. groups - 1``."""
+        counts: Array = np.unpackbits(self.bits[:, :groups], axis=0).sum(axis=0, dtype=np.int64)
+        return np.pad(counts, (0, max(0, groups - len(counts))))
 
 
 @dataclass
@@ -254,7 +356,13 @@ class RollupWindow:
 
     start: float
     end: float
-    groups: dict[GroupKey, GroupState] = field(default_factory=dict)
+    index: dict[GroupKey, int] = field(default_factory=dict)
+    """Group key → its row in ``keys``, ``states`` and ``stats``."""
+    keys: list[GroupKey] = field(default_factory=list)
+    states: list[GroupState] = field(default_factory=list)
+    stats: Stats = field(default_factory=Stats)
+    batch: Batch = field(default_factory=Batch)
+    node_sets: NodeSets = field(default_factory=NodeSets)
     contributions: dict[tuple[str, str, float, float], bytes] = field(default_factory=dict)
     """(node, source, agent window start, end) → digest of the partial merged under that key."""
     node_index: dict[str, int] = field(default_factory=dict)
@@ -268,6 +376,49 @@ class RollupWindow:
     @property
     def nodes(self) -> int:
         return len(self.node_index)
+
+    @property
+    def series(self) -> int:
+        """Output series (groups) in the window."""
+        return len(self.keys)
+
+    def add_group(self, key: GroupKey) -> int:
+        row = self.index[key] = len(self.keys)
+        self.keys.append(key)
+        self.states.append(GroupState())
+        self.stats.reserve(row + 1)
+        return row
+
+    def to_sketch(self, row: int) -> None:
+        self.states[row].to_sketch()
+        self.stats.sketched[row] = True
+
+    def add_sketch(self, row: int, state: SketchState) -> None:
+        self.states[row].add_sketch(state)
+        self.stats.sketched[row] = True
+
+    def fields(
+        self, row: int, names: tuple[str, ...], keyed: tuple[tuple[str, float], ...], nodes: int
+    ) -> dict[str, Any]:
+        """One output point's fields: the rule's functions, ``nodes`` and ``quantile_method``."""
+        stats, state = self.stats, self.states[row]
+        count = int(stats.count[row])
+        lo, hi = float(stats.lo[row]), float(stats.hi[row])
+        # Exact groups hold every sample: their sum does not depend on the order partials came in.
+        total = math.fsum(state.values) if state.values is not None else float(stats.total[row])
+        base: dict[str, float | int] = {
+            "count": count,
+            "sum": total,
+            "mean": total / count,
+            "min": lo,
+            "max": hi,
+            "last": float(stats.last[row]),
+        }
+        quantiles = state.quantiles(keyed, lo, hi) if keyed else {}
+        out: dict[str, float | int | str] = {n: quantiles[n] if n in quantiles else base[n] for n in names}
+        out["nodes"] = nodes
+        out["quantile_method"] = "exact" if state.values is not None else "sketch"
+        return out
 
 
 @dataclass(frozen=True)
@@ -370,7 +521,7 @@ class Rollup:
         per_window = round(self.config.window / (partial.window_end - partial.window_start))
         if len(window.contributions) >= 4 * per_window * self.spec.max_nodes:
             return self._refuse(RefusalReason.BUSY, f"window {end:g} holds too many partials", end)
-        self._merge(window, partial, 1 << node)
+        self._merge(window, partial, node)
         window.contributions[key] = digest
         if window.written:
             window.dirty = True
@@ -422,66 +573,97 @@ class Rollup:
             ok = self._name_ok[name] = any(fnmatch.fnmatchcase(name, p) for p in self.spec.metrics)
         return ok
 
-    def _merge(self, window: RollupWindow, partial: WindowPartial, bit: int) -> None:  # noqa: PLR0912, PLR0915
-        """The hot loop: one pass over the partial's columns, kept in one function (calls cost here)."""
-        cols = partial.series
-        sketches = cols.sketches
-        samples = cols.values
-        matchers = tuple(self.spec.match_tags.items())
-        group_by = tuple(self.spec.group_by)
-        single = group_by[0] if len(group_by) == 1 else None
-        groups = window.groups
-        limit = self.spec.max_series
-        threshold = self.spec.exact_threshold
-        name_ok = self._name_ok
-        counters = self.counters
-        offset = 0
-        columns = zip(
-            cols.name, cols.tags, cols.count, cols.sum, cols.min, cols.max, cols.last, cols.last_timestamp, strict=True
-        )
-        for i, (name, tags, count, total, lo, hi, last, last_ts) in enumerate(columns):
-            sketch = sketches.get(i) if sketches else None
-            first = offset
-            if sketch is None:
-                offset += count
-            ok = name_ok.get(name)
-            if ok is None:
-                ok = self._wanted(name)
-            if not ok or (matchers and any(tags.get(k) != v for k, v in matchers)):
-                counters.filtered_series += 1
+    def _keep(self, cols: SeriesColumns) -> list[bool] | None:  # the merge's filter
+        """Which series pass the rule's metric patterns and tag matchers (None: all of them)."""
+        names = cols.name
+        refused = {name for name in set(names) if not self._wanted(name)}
+        keep = [name not in refused for name in names] if refused else None
+        for tag, wanted in self.spec.match_tags.items():
+            column = cols.tags.get(tag)
+            matches = [value == wanted for value in column] if column is not None else [False] * len(names)
+            keep = matches if keep is None else [a and b for a, b in zip(keep, matches, strict=True)]
+        return keep
+
+    def _keys(self, cols: SeriesColumns) -> Iterator[GroupKey]:
+        """Each series' group key, built at C speed from the tag columns."""
+        n = len(cols)
+        group_by = self.spec.group_by
+        if not group_by:
+            return repeat((), n)
+        return zip(*[cols.tags.get(tag) or repeat(None, n) for tag in group_by], strict=True)
+
+    def _rows(self, window: RollupWindow, cols: SeriesColumns) -> list[int]:
+        """Each series' group row (new groups made), or -1 when filtered or dropped by ``max_series``."""
+        keys = list(self._keys(cols))
+        rows: list[int | None] = list(map(window.index.get, keys))
+        keep = self._keep(cols)
+        if keep is None and None not in rows:
+            return rows  # type: ignore[return-value]  # the common case: every series known
+        self.counters.filtered_series += len(rows) - (sum(keep) if keep is not None else len(rows))
+        out = []
+        for i, (known, key) in enumerate(zip(rows, keys, strict=True)):
+            if keep is not None and not keep[i]:
+                out.append(-1)
                 continue
-            if single is not None:
-                key: GroupKey = (tags.get(single, ""),)
-            else:
-                key = tuple(tags.get(k, "") for k in group_by)
-            group = groups.get(key)
-            if group is None:
-                if len(groups) >= limit:
-                    window.dropped_series += 1
-                    counters.dropped_series += 1
-                    if key not in window.dropped_keys and len(window.dropped_keys) < DROPPED_KEYS_KEPT:
-                        window.dropped_keys.add(key)
-                        counters.dropped_groups += 1
+            row = known if known is not None else window.index.get(key)  # maybe made by an earlier series
+            if row is None:
+                if len(window.index) >= self.spec.max_series:
+                    self._drop(window, key)
+                    out.append(-1)
                     continue
-                group = groups[key] = GroupState()
-            if sketch is not None:
-                group.add_sketch(sketch)
-            elif (exact := group.values) is not None:
-                exact += samples[first:offset]
-                if len(exact) > threshold:
-                    group.to_sketch()
-            else:
-                group.add_samples(samples[first:offset], threshold)
-            group.count += count
-            group.total += total
-            if lo < group.lo:  # noqa: PLR1730 - a comparison is cheaper than a min() call here
-                group.lo = lo
-            if hi > group.hi:  # noqa: PLR1730
-                group.hi = hi
-            if last_ts > group.last_ts or (last_ts == group.last_ts and last > group.last):
-                group.last = last
-                group.last_ts = last_ts
-            group.nodes |= bit
+                row = window.add_group(key)
+            out.append(row)
+        return out
+
+    def _merge(self, window: RollupWindow, partial: WindowPartial, node: int) -> None:
+        """The partial's series into their groups: numpy over its columns, Python only where it must.
+
+        Samples of sketched groups (the common case once a window has many nodes) go into the
+        window's batch as one array; exact groups take theirs series by series.
+        """
+        cols = partial.series
+        rows = self._rows(window, cols)
+        groups = np.array(rows, dtype=np.int64)
+        taken = groups >= 0
+        if not taken.any():
+            return
+        stats = window.stats
+        counts = np.asarray(cols.count, dtype=np.int64)
+        if cols.sketches:  # an agent's own sketch: its samples are not in ``values``
+            counts[list(cols.sketches)] = 0
+            for i, state in cols.sketches.items():
+                if rows[i] >= 0:
+                    window.add_sketch(rows[i], state)
+        owners = np.where(taken & (counts > 0), groups, -1)
+        exact = (owners >= 0) & ~stats.sketched[np.maximum(owners, 0)]
+        if exact.any():
+            samples = unpack_floats(cols.values)
+            starts = (np.cumsum(counts) - counts).tolist()
+            threshold = self.spec.exact_threshold
+            for i in np.flatnonzero(exact).tolist():
+                row = rows[i]
+                values = window.states[row].values
+                if values is None:
+                    continue  # went past exact earlier in this partial: its samples join the batch
+                values += samples[starts[i] : starts[i] + int(counts[i])]
+                owners[i] = -1
+                if len(values) > threshold:
+                    window.to_sketch(row)
+        per_sample = np.repeat(owners, counts)
+        batched = per_sample >= 0
+        if batched.any():
+            window.batch.add(per_sample[batched], np.frombuffer(cols.values, dtype="<f8")[batched])
+            if window.batch.size >= SPILL_BATCH:
+                window.batch.bin(window.states)
+        stats.fold(groups[taken], cols, None if taken.all() else np.flatnonzero(taken))
+        window.node_sets.add(node, groups[taken])
+
+    def _drop(self, window: RollupWindow, key: GroupKey) -> None:
+        window.dropped_series += 1
+        self.counters.dropped_series += 1
+        if key not in window.dropped_keys and len(window.dropped_keys) < DROPPED_KEYS_KEPT:
+            window.dropped_keys.add(key)
+            self.counters.dropped_groups += 1
 
     # --- writing -----------------------------------------------------------------------------
 
@@ -503,8 +685,7 @@ class Rollup:
 
     def written(self, window: RollupWindow) -> None:
         """The window's points went to the writer (InfluxDB or its durable buffer)."""
-        for group in window.groups.values():
-            group.spill()
+        window.batch.bin(window.states)
         window.written = True
         window.dirty = False
         self.frontier = max(self.frontier, window.end)
@@ -523,10 +704,12 @@ class Rollup:
         config = self.config
         group_by = self.spec.group_by
         base = {"rule": self.spec.rule, "cluster": config.cluster}
-        for key, group in window.groups.items():
+        window.batch.bin(window.states)
+        nodes = window.node_sets.counts(window.series).tolist()
+        for row, key in enumerate(window.keys):
             tags = dict(base)
             tags.update((k, v) for k, v in zip(group_by, key, strict=True) if v)
-            yield tags, group.fields(config.fields, config.quantiles)
+            yield tags, window.fields(row, config.fields, config.quantiles, nodes[row])
 
     # --- reading -----------------------------------------------------------------------------
 

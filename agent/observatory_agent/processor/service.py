@@ -5,9 +5,11 @@ batches InfluxDB has not acknowledged yet): partials at or below it are refused,
 earlier instance wrote is never overwritten by a half re-sent one. Until that read succeeds the
 processor is not ready and answers 503.
 
-Windows are written in order by one task: the window's points, its marker and a health point go
-out in one request through the agent's ``Delivery`` (failed writes wait in the same kind of
-durable buffer and are replayed in order). The watermark reported to agents moves only when
+POSTs are parsed on their connection threads and merged under one lock (handing each over to the
+event loop and back cost more CPU than the merge). Windows are written in order by one task on
+the loop, which takes the same lock to turn a window into lines: the window's points, its marker
+and a health point go out in one request through the agent's ``Delivery`` (failed writes wait in
+the same kind of durable buffer and are replayed in order). The watermark reported to agents moves only when
 InfluxDB acknowledged a batch: when the buffer is empty, or up to the batch before the oldest
 buffered one (its marker names the batch). SIGTERM writes nothing early: windows still merging
 are re-sent by the agents to the next instance.
@@ -22,16 +24,23 @@ are re-sent by the agents to the next instance.
      "windows_written", "windows_rewritten", "dropped_series", "dropped_groups", "buffered_points",
      "errors": {"writes": {kind: n}, "watermark_read": str | null, "config": str | null},
      "config_hash", "version"}
+
+``last_window.dropped_series`` counts output series (groups) that ``max_series`` kept out of that
+window; ``dropped_groups`` sums those over every window since start, and ``dropped_series`` the
+input series that fell into them. ``partials.dropped`` are refusals the agent drops (too late,
+conflict, mismatch); ``partials.kept`` those it keeps and sends again (written, busy).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
+import gc
 import math
+import threading
 import time
 import uuid
+import zlib
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -79,6 +88,15 @@ def validation_error(exc: ValidationError) -> server.Response:
     return server.error(422, f"{path or 'body'}: {first['msg']}{more}", path or None)
 
 
+def content_digest(body: bytes) -> bytes:
+    """Tells a re-sent partial from a different one under the same key.
+
+    Length and CRC-32, not a cryptographic hash: a blake2b of every body cost a tenth of the
+    processor's CPU, and the digest only ever compares two bodies of one (node, source, window).
+    """
+    return len(body).to_bytes(8, "little") + zlib.crc32(body).to_bytes(4, "little")
+
+
 class Processor:
     """A processor's state, endpoints and write loop; ``run`` until ``stop`` is set."""
 
@@ -105,6 +123,8 @@ class Processor:
         self.read_error: str | None = None
         self._clock = clock
         self._reader = reader
+        self._lock = threading.RLock()
+        """Guards the merge state: POSTs merge on their connection threads, the loop writes windows."""
         self._buffer: DurableBuffer | None = None
         self._delivery: Delivery | None = None
         self._acked = -math.inf
@@ -174,8 +194,12 @@ class Processor:
             self._acked = found
         floors = [f for f in (found, self._buffered_floor) if f is not None]
         floor = max(floors) if floors else None
-        self.rollup = Rollup(self.config, started=self._clock(), floor=floor)
+        with self._lock:
+            self.rollup = Rollup(self.config, started=self._clock(), floor=floor)
         self.telemetry.ready.set(1)
+        # Everything alive now (imported modules, clients) lives as long as the process: out of
+        # the collector's way, so its passes walk only what partials allocate.
+        gc.freeze()
         self._sync_watermark()
         log.info(
             "processor_ready",
@@ -208,7 +232,8 @@ class Processor:
         """Give the disk buffer a moment to drain, then let go of the writer and the files."""
         if self._delivery is not None and self._buffer is not None and len(self._buffer):
             await self._delivery.drain(budget=WRITE_BUDGET)
-            self._update_acked()
+            with self._lock:
+                self._update_acked()
         if self._delivery is not None and self._delivery.writer is not None:
             self._delivery.writer.close()
         if self._buffer is not None:
@@ -217,8 +242,12 @@ class Processor:
 
     # --- partials in -------------------------------------------------------------------------
 
-    def prepare(self, request: server.Request) -> server.Response | server.Handler:
-        """On the connection's thread: validate; the merge then runs on the event loop."""
+    def prepare(self, request: server.Request) -> server.Response:
+        """``POST /v1/partials``, on the connection's thread: validate, then merge under the state lock.
+
+        Not on the event loop: handing each request over to it and back cost more CPU than the
+        merge itself, and the lock serialises exactly what the loop would have.
+        """
         if not self.ready:
             why = self.config_error or self.read_error or "reading the watermark back from InfluxDB"
             return server.Response(
@@ -231,9 +260,11 @@ class Processor:
             partial = WindowPartial.model_validate_json(request.body)
         except ValidationError as exc:
             refusal = validation_error(exc)
-            return lambda: self._invalid(refusal)
-        digest = hashlib.blake2b(request.body, digest_size=16).digest()
-        return lambda: self.offer(partial, digest)
+            with self._lock:
+                return self._invalid(refusal)
+        digest = content_digest(request.body)
+        with self._lock:
+            return self.offer(partial, digest)
 
     def _invalid(self, response: server.Response) -> server.Response:
         self._count("invalid")
@@ -241,7 +272,7 @@ class Processor:
         return response
 
     def offer(self, partial: WindowPartial, digest: bytes) -> server.Response:
-        """Merge one partial (on the event loop) and answer with a ``PartialsAck``."""
+        """Merge one partial (the caller holds the state lock) and answer with a ``PartialsAck``."""
         assert self.rollup is not None
         with tracing.span("processor.partial", node=partial.node, series=len(partial.series)):
             outcome = self.rollup.offer(partial, digest, self._clock())
@@ -266,7 +297,8 @@ class Processor:
     def state(self) -> server.Response:
         if not self.ready:
             return server.error(503, "not ready: the watermark has not been read back yet")
-        body = ProcessorState(rule=self.spec.rule, instance=self.instance, watermark=self.watermark)
+        with self._lock:
+            body = ProcessorState(rule=self.spec.rule, instance=self.instance, watermark=self.watermark)
         return server.Response(200, body.model_dump_json().encode(), server.JSON)
 
     def _count(self, outcome: str) -> None:
@@ -327,31 +359,36 @@ class Processor:
         assert self._delivery is not None
         assert self._buffer is not None
         rollup = self.rollup
-        due = rollup.due(self._clock()) if rollup is not None else []
+        with self._lock:
+            due = rollup.due(self._clock()) if rollup is not None else []
         for window in due:
             await self._write(window)
         if not due and len(self._buffer):
             await self._delivery.drain(budget=WRITE_BUDGET)
-            self._update_acked()
-        if rollup is not None:
-            rollup.expire(self._clock())
-            self.telemetry.open_windows.set(rollup.open_windows)
-        self._sync_counters()
+            with self._lock:
+                self._update_acked()
+        with self._lock:
+            if rollup is not None:
+                rollup.expire(self._clock())
+                self.telemetry.open_windows.set(rollup.open_windows)
+            self._sync_counters()
 
     async def _write(self, window: RollupWindow) -> None:
         assert self.rollup is not None
         assert self._delivery is not None
         started = time.perf_counter()
         rewrite = window.written
-        with tracing.span("processor.window_write", window_end=window.end, series=len(window.groups), rewrite=rewrite):
-            lines = self._lines(window, rewrite)
-            # Marked before the await: a partial arriving meanwhile makes the window due again.
-            self.rollup.written(window)
-            self._batches.append((self._batch, window.end))
-            self._batch += 1
+        with tracing.span("processor.window_write", window_end=window.end, series=window.series, rewrite=rewrite):
+            with self._lock:
+                lines = self._lines(window, rewrite)
+                # Marked before the write: a partial arriving meanwhile makes the window due again.
+                self.rollup.written(window)
+                self._batches.append((self._batch, window.end))
+                self._batch += 1
             self.telemetry.window_write.observe(time.perf_counter() - started)
             await self._delivery.deliver(lines, budget=WRITE_BUDGET)
-        self._update_acked()
+        with self._lock:
+            self._update_acked()
 
     def _lines(self, window: RollupWindow, rewrite: bool) -> list[str]:
         assert self.rollup is not None
@@ -362,7 +399,7 @@ class Processor:
             for tags, fields in self.rollup.points(window)
         ]
         methods = {"exact": 0, "sketch": 0}
-        for group in window.groups.values():
+        for group in window.states:
             methods["exact" if group.exact else "sketch"] += 1
         if rewrite:
             self._windows_rewritten += 1
@@ -373,13 +410,13 @@ class Processor:
         if self._last is None or end >= self._last["end"]:
             self._last = {
                 "end": end,
-                "series": len(window.groups),
+                "series": window.series,
                 "nodes": window.nodes,
                 "expected_nodes": self.rollup.expected_nodes(end),
                 "dropped_series": len(window.dropped_keys),
                 "quantile_methods": methods,
             }
-            self.telemetry.series.set(len(window.groups))
+            self.telemetry.series.set(window.series)
             self.telemetry.nodes.set(window.nodes)
             self.telemetry.expected_nodes.set(self._last["expected_nodes"])
             self.telemetry.last_window.set(end)
@@ -387,7 +424,7 @@ class Processor:
         lines.append(watermark.marker_line(spec.rule, spec.namespace, marker))
         lines.append(self._health_line(window))
         if rewrite:
-            log.info("window_rewritten", rule=spec.rule, window_end=end, series=len(window.groups))
+            log.info("window_rewritten", rule=spec.rule, window_end=end, series=window.series)
         return lines
 
     def _health_line(self, window: RollupWindow) -> str:
@@ -397,7 +434,7 @@ class Processor:
         counters = self.rollup.counters
         fields: dict[str, lineproto.FieldValue] = {
             "windows_written": self._windows_written,
-            "series": len(window.groups),
+            "series": window.series,
             "nodes": window.nodes,
             "late_partials": counters.late_partials,
             "dropped_partials": self._dropped(),
@@ -436,6 +473,10 @@ class Processor:
     # --- /status -----------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
+        with self._lock:
+            return self._status()
+
+    def _status(self) -> dict[str, Any]:
         rollup = self.rollup
         counters = rollup.counters if rollup is not None else None
         refused = counters.dropped_partials if counters is not None else {}

@@ -53,6 +53,7 @@ from observatory_agent.contract import (
     SeriesColumns,
     SketchState,
     WindowPartial,
+    pack_floats,
 )
 from observatory_agent.sinks.buffer import fsync_directory
 
@@ -90,7 +91,7 @@ def build(window: ClosedWindow, target: ProcessorTarget, node: str, source: str)
         return None
     keep = None if target.group_by is None else {*target.group_by, *target.match_tags}
     names: list[str] = []
-    tag_list: list[dict[str, str]] = []
+    columns: dict[str, list[str | None]] = {}
     counts: list[int] = []
     sums: list[float] = []
     lows: list[float] = []
@@ -108,23 +109,31 @@ def build(window: ClosedWindow, target: ProcessorTarget, node: str, source: str)
             state.spill()
             sketches[i] = qmod.sketch_to_state(state.sketch)
         names.append(name)
-        tag_list.append(dict(tags) if keep is None else {k: v for k, v in tags if k in keep})
+        for key, value in tags:
+            if keep is None or key in keep:
+                column = columns.get(key)
+                if column is None:
+                    column = columns[key] = [None] * i  # series before this one lack the tag
+                column.append(value)
+        for column in columns.values():
+            if len(column) == i:
+                column.append(None)
         counts.append(count)
         sums.append(total)
         lows.append(lo)
         highs.append(hi)
         lasts.append(state.last)
         stamps.append(state.last_ts)
-    columns = SeriesColumns(
+    series = SeriesColumns(
         name=names,
-        tags=tag_list,
+        tags=columns,
         count=counts,
-        sum=sums,
-        min=lows,
-        max=highs,
-        last=lasts,
-        last_timestamp=stamps,
-        values=samples,
+        sum=pack_floats(sums),
+        min=pack_floats(lows),
+        max=pack_floats(highs),
+        last=pack_floats(lasts),
+        last_timestamp=pack_floats(stamps),
+        values=pack_floats(samples),
         sketches=sketches,
     )
     return WindowPartial(
@@ -133,7 +142,7 @@ def build(window: ClosedWindow, target: ProcessorTarget, node: str, source: str)
         source=source,
         window_start=window.start,
         window_end=window.end,
-        series=columns,
+        series=series,
     )
 
 

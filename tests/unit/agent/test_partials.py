@@ -13,7 +13,14 @@ import pytest
 
 from observatory_agent.aggregation.series import tags_key
 from observatory_agent.aggregation.windows import ClosedWindow, WindowAggregator
-from observatory_agent.contract import PartialsAck, ProcessorState, ProcessorTarget, RefusalReason, WindowPartial
+from observatory_agent.contract import (
+    PartialsAck,
+    ProcessorState,
+    ProcessorTarget,
+    RefusalReason,
+    WindowPartial,
+    unpack_floats,
+)
 from observatory_agent.sinks import partials
 from tests.unit.processor.test_service import start
 
@@ -56,7 +63,17 @@ def test_processor_gets_only_series_matching_its_globs_and_tags() -> None:
 def test_with_group_by_only_the_tags_the_processor_reads_are_sent() -> None:
     partial = partials.build(_window(), _target(group_by=["pool"], match_tags={"node": "a"}), "a", "s")
     assert partial is not None
-    assert partial.series.tags == [{"node": "a", "pool": "gpu"}, {"node": "a", "pool": "gpu"}]
+    assert partial.series.tags == {"node": ["a", "a"], "pool": ["gpu", "gpu"]}
+
+
+def test_tags_travel_as_columns_with_null_where_a_series_lacks_one() -> None:
+    partial = partials.build(_window(), _target(), "a", "s")
+    assert partial is not None
+    order = list(zip(partial.series.name, partial.series.tags["node"], strict=True))
+    assert sorted(order) == [("system.cpu.core.usage", "a"), ("system.cpu.usage", "a"), ("system.cpu.usage", "b")]
+    core = partial.series.name.index("system.cpu.core.usage")
+    assert [v for i, v in enumerate(partial.series.tags["core"]) if i != core] == [None, None]
+    assert partial.series.tags["core"][core] == "0"
 
 
 def test_no_partial_when_nothing_matches() -> None:
@@ -75,7 +92,7 @@ def test_a_series_past_the_agents_threshold_travels_as_a_sketch() -> None:
     sketched = partial.series.name.index("system.cpu.usage")
     assert list(partial.series.sketches) == [sketched]
     assert partial.series.sketches[sketched].total == 50
-    assert partial.series.values == [1.0, 2.0, 3.0]  # the exact series' samples only
+    assert list(unpack_floats(partial.series.values)) == [1.0, 2.0, 3.0]  # the exact series' samples only
 
 
 # --- the outbox ---------------------------------------------------------------------------
