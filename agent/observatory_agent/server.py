@@ -11,12 +11,16 @@ connection. Importing aiohttp's server for them cost ~9 MB of the agent's steady
 node. Handlers run on the agent's event loop, never on the server's threads, so they read the
 agent's state without racing the loop that mutates it.
 
+Connections are served by ``App.workers`` long-lived threads: starting a thread per connection
+cost a fifth of a processor's CPU per POST, and a fixed set bounds the threads that bursty or
+bad clients can cause. While every worker is busy the server stops accepting and connections
+wait in the listen backlog.
+
 POST routes (the processor's ``/v1/partials``) get their body read, size-capped (413) and
-gzip-decoded (capped again) on the connection's thread; their handler runs there too (parsing
-is pure) and returns either a response or a function that the server runs on the event loop to
-apply the request to shared state. A POST's connection is closed after the answer, so a
-thousand agents posting once a window never hold a thousand idle threads, and at most
-``App.max_inflight`` POSTs are handled at once (503 beyond).
+gzip-decoded (capped again) on the worker's thread; their handler runs there too and returns
+either a response or a function that the server runs on the event loop to apply the request to
+shared state. Any request to a POST route's path closes its connection after the answer, so a
+thousand agents posting (or asking for the watermark) once a window never keep workers idle.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import queue
 import threading
 import zlib
 from collections.abc import Callable, Mapping
@@ -83,7 +88,8 @@ class App:
     posts: dict[str, PostHandler] = field(default_factory=dict)
     max_body: int = 1 << 20
     """Largest POST body in bytes, before and after gzip decoding."""
-    max_inflight: int = 32
+    workers: int = 16
+    """Connections served at once; a kept-alive one (Prometheus) holds its worker until it goes idle."""
 
 
 class HasRegistry(Protocol):
@@ -109,11 +115,35 @@ def make_app(telemetry: HasRegistry, status: Callable[[], dict[str, Any]], ready
 
 
 class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True  # connection threads never hold up the agent's exit
+    request_queue_size = 128
+    """Listen backlog: agents posting at a window close wait here while every worker is busy."""
     app: App
     loop: asyncio.AbstractEventLoop
+    free: threading.Semaphore
+    connections: queue.SimpleQueue[tuple[Any, Any] | None]
 
-    inflight: threading.BoundedSemaphore
+    def start_workers(self) -> None:
+        self.free = threading.Semaphore(self.app.workers)
+        self.connections = queue.SimpleQueue()
+        for i in range(self.app.workers):
+            # Daemon threads: a kept-alive connection never holds up the process's exit.
+            threading.Thread(target=self._work, name=f"observatory-http-{i}", daemon=True).start()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Hand the connection to a worker, waiting (not accepting) while every worker is busy."""
+        self.free.acquire()
+        self.connections.put((request, client_address))
+
+    def _work(self) -> None:
+        while (item := self.connections.get()) is not None:
+            try:
+                self.process_request_thread(*item)
+            finally:
+                self.free.release()
+
+    def stop_workers(self) -> None:
+        for _ in range(self.app.workers):
+            self.connections.put(None)
 
     def call(self, handler: Handler) -> Response:
         """Run ``handler`` on the agent's event loop and wait for its answer."""
@@ -164,14 +194,7 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._send(Response(404, b"not found\n"), head=False)
             return
-        if not self.server.inflight.acquire(blocking=False):
-            self._send(error(503, f"more than {app.max_inflight} requests in flight; retry later"), head=False)
-            return
-        try:
-            response = self._post(handler, app.max_body)
-        finally:
-            self.server.inflight.release()
-        self._send(response, head=False)
+        self._send(self._post(handler, app.max_body), head=False)
 
     def _post(self, handler: PostHandler, limit: int) -> Response:
         body = self._body(limit)
@@ -216,7 +239,10 @@ class _Handler(BaseHTTPRequestHandler):
         return body
 
     def _serve(self, *, head: bool) -> None:
-        handler = self.server.app.routes.get(self.path.split("?", 1)[0])
+        path = self.path.split("?", 1)[0]
+        if path in self.server.app.posts:
+            self.close_connection = True  # see the module docstring: agents ask once a window
+        handler = self.server.app.routes.get(path)
         response = Response(404, b"not found\n") if handler is None else self.server.call(handler)
         self._send(response, head=head)
 
@@ -255,6 +281,7 @@ class Server:
         # shutdown() waits for serve_forever to notice: off the loop, which handlers may be waiting on.
         await asyncio.to_thread(self._httpd.shutdown)
         self._httpd.server_close()
+        self._httpd.stop_workers()
 
 
 async def start(app: App, host: str, port: int) -> Server:
@@ -262,5 +289,5 @@ async def start(app: App, host: str, port: int) -> Server:
     httpd = _HTTPServer((host, port), _Handler)
     httpd.app = app
     httpd.loop = asyncio.get_running_loop()
-    httpd.inflight = threading.BoundedSemaphore(app.max_inflight)
+    httpd.start_workers()
     return Server(httpd)

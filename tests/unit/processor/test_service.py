@@ -310,3 +310,13 @@ async def test_written_window_carries_points_marker_and_health_in_one_batch(tmp_
         assert field in health
     (marker,) = watermark.markers(record.lines, "cpu-rollup", "team-a")
     assert (marker.window_end, marker.instance, marker.batch) == (end, status["instance"], 0)
+
+
+async def test_more_agents_at_once_than_workers_are_all_answered(running: Running) -> None:
+    """Connections beyond the server's workers wait in the backlog; none is refused or lost."""
+    end = (time.time() // WINDOW) * WINDOW
+    bodies = [partial_body(f"node-{i}", end=end) for i in range(40)]
+    answers = await asyncio.gather(*(running.call("POST", "/v1/partials", b) for b in bodies))
+    assert [status for status, _, _ in answers] == [202] * 40
+    status = json.loads((await running.call("GET", "/status"))[2])
+    assert status["partials"]["accepted"] == 40
