@@ -6,10 +6,10 @@
      "errors": {...}, "config_hash": str, "version": str, "node": str, "ready": bool, "enabled": bool}
 
 Four GET endpoints do not need a web framework: the standard library's ``http.server``
-serves them (prometheus-client imports it anyway), from one daemon thread with a thread per
-connection. Importing aiohttp's server for them cost ~9 MB of the agent's steady RSS, on every
-node. Handlers run on the agent's event loop, never on the server's threads, so they read the
-agent's state without racing the loop that mutates it.
+serves them (prometheus-client imports it anyway), accepting on one daemon thread. Importing
+aiohttp's server for them cost ~9 MB of the agent's steady RSS, on every node. GET handlers run
+on the agent's event loop, never on the server's threads, so they read the agent's state
+without racing the loop that mutates it.
 
 Connections are served by ``App.workers`` long-lived threads: starting a thread per connection
 cost a fifth of a processor's CPU per POST, and a fixed set bounds the threads that bursty or
