@@ -73,6 +73,17 @@ WRITE_BUDGET: Final = 2.0
 """Seconds one window's write may retry before its batch waits in the disk buffer."""
 READ_RETRY_MAX: Final = 10.0
 """Longest pause between attempts to read the watermark back."""
+HEALTH_FIELDS: Final = (
+    "windows_written",
+    "series",
+    "nodes",
+    "late_partials",
+    "dropped_partials",
+    "dropped_groups",
+    "buffered_points",
+    "write_errors",
+)
+"""Fields of the ``observatory.processor`` point written with each window (all integers)."""
 LOG_EVERY: Final = 10.0
 """Seconds between two log lines about refusals of the same reason."""
 
@@ -432,16 +443,17 @@ class Processor:
         assert self._buffer is not None
         assert self._delivery is not None
         counters = self.rollup.counters
-        fields: dict[str, lineproto.FieldValue] = {
-            "windows_written": self._windows_written,
-            "series": window.series,
-            "nodes": window.nodes,
-            "late_partials": counters.late_partials,
-            "dropped_partials": self._dropped(),
-            "dropped_groups": counters.dropped_groups,
-            "buffered_points": self._buffer.points,
-            "write_errors": sum(self._delivery.stats.errors.values()),
-        }
+        values = (
+            self._windows_written,
+            window.series,
+            window.nodes,
+            counters.late_partials,
+            self._dropped(),
+            counters.dropped_groups,
+            self._buffer.points,
+            sum(self._delivery.stats.errors.values()),
+        )
+        fields: dict[str, lineproto.FieldValue] = dict(zip(HEALTH_FIELDS, values, strict=True))
         tags = {"rule": self.spec.rule, "namespace": self.spec.namespace, "cluster": self.config.cluster}
         return lineproto.encode_point(TELEMETRY_MEASUREMENT, tags, fields, window.end)
 

@@ -140,3 +140,18 @@ def test_packed_columns_round_trip_exactly_through_json() -> None:
     again = SeriesColumns.model_validate_json(columns.model_dump_json())
     assert list(unpack_floats(again.sum)) == floats
     assert [x.hex() for x in unpack_floats(again.values)] == [x.hex() for x in floats]
+
+
+README = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+
+
+def test_readme_documents_the_processors_health_fields_and_status() -> None:
+    from observatory_agent.processor.service import HEALTH_FIELDS
+
+    health = next(line for line in README.splitlines() if line.startswith("| `observatory.processor` |"))
+    assert all(f"`{name}`" in health for name in HEALTH_FIELDS)
+    status = next(line for line in README.splitlines() if line.startswith("| `GET /status` |"))
+    for key in ("instance", "ready", "watermark", "open_windows", "last_window", "partials", "windows_written",
+                "dropped_series", "dropped_groups", "buffered_points", "errors"):  # fmt: skip
+        assert f"`{key}`" in status
+    assert "## Past one processor" in README
