@@ -232,3 +232,23 @@ def test_processor_restarted_during_an_influxdb_outage_waits_for_its_watermark_a
     last = _stop(agents)
     wait_written(processor, last)
     _compare(bed, processor, began, last)
+
+
+def test_a_changed_config_starts_the_processor_afresh_and_nothing_is_lost(bed: Bed) -> None:
+    """A reload is the restart path: a new instance, the watermark read back, agents re-send."""
+    processor = bed.processor("reloaded")
+    agents = _start(bed, [processor], zones="ab")
+    began = min(a.started_at for a in agents)
+    before = wait_written(processor, next_boundary(time.time()))
+    processor.spec["max_series"] = 500
+    processor.write_config()
+    after = wait_for(
+        lambda: (s := processor.status())["instance"] != before["instance"] and s["ready"] and s,
+        timeout=30,
+        what="the processor to start afresh on its new config",
+    )
+    assert after["config_hash"] != before["config_hash"]
+    sleep_until(next_boundary(time.time()) + RULE_WINDOW)
+    last = _stop(agents)
+    wait_written(processor, last)
+    _compare(bed, processor, began, last)
