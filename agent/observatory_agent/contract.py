@@ -783,8 +783,10 @@ class ProcessorConfig(BaseModel):
     )
     late_horizon: Seconds | None = Field(
         default=None,
+        le=86_400,
         description="Until this long after its end a late partial re-merges and re-writes its window; later "
-        "ones are counted and dropped. At least allowed_lateness. None: two windows.",
+        "ones are counted and dropped. At least allowed_lateness, at most a day (and written windows are "
+        "forgotten earlier when max_open_windows needs the room). None: two windows.",
     )
     restart_grace: Seconds | None = Field(
         default=None,

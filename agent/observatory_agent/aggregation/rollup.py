@@ -9,7 +9,8 @@ rule's window is a whole multiple of the agents'). Its life:
   oldest first and ``written`` records that they went to the writer, which moves the frontier.
 - **retained** until ``end + late_horizon``: a late partial still merges and the window is due
   again (its points overwrite themselves: same tags, timestamp = window end).
-- **forgotten** after that: later partials are refused ``too_late`` and counted.
+- **forgotten** after that (or earlier, oldest first, when ``max_open_windows`` needs the room):
+  later partials are refused ``too_late`` and counted, never re-open it.
 
 Windows at or below ``floor`` (what an earlier instance wrote, read back from InfluxDB) are
 refused ``written``: a half re-sent window must never overwrite a complete one.
@@ -469,6 +470,8 @@ class Rollup:
         self.floor = floor if floor is not None else -math.inf
         self.frontier = self.floor
         """Newest window end handed to the writer (by anyone)."""
+        self.forgotten_through = -math.inf
+        """Newest written window this instance no longer holds: a partial for it cannot re-open it."""
         self.windows: dict[float, RollupWindow] = {}
         self.counters = Counters()
         self._name_ok: dict[str, bool] = {}
@@ -546,9 +549,9 @@ class Rollup:
         window = self.windows.get(end)
         past_horizon = now > end + self.config.late_horizon
         if window is None:
-            if end <= self.frontier and past_horizon:
+            if end <= self.frontier and (past_horizon or end <= self.forgotten_through):
                 return Outcome(False, end, RefusalReason.TOO_LATE, f"window {end:g} is past its late horizon")
-            if len(self.windows) >= self.spec.max_open_windows:
+            if len(self.windows) >= self.spec.max_open_windows and not self._forget_oldest_written():
                 message = f"{len(self.windows)} windows are open; try again later"
                 return Outcome(False, end, RefusalReason.BUSY, message)
             window = self.windows[end] = RollupWindow(start, end)
@@ -690,6 +693,16 @@ class Rollup:
         window.dirty = False
         self.frontier = max(self.frontier, window.end)
 
+    def _forget_oldest_written(self) -> bool:
+        """Make room by forgetting the oldest written window early (its late partials become too late)."""
+        written = [end for end, w in self.windows.items() if w.written and not w.dirty]
+        if not written:
+            return False
+        oldest = min(written)
+        del self.windows[oldest]
+        self.forgotten_through = max(self.forgotten_through, oldest)
+        return True
+
     def expire(self, now: float) -> int:
         """Forget written windows past their late horizon; returns how many."""
         old = [
@@ -697,6 +710,7 @@ class Rollup:
         ]
         for end in old:
             del self.windows[end]
+            self.forgotten_through = max(self.forgotten_through, end)
         return len(old)
 
     def points(self, window: RollupWindow) -> Iterator[tuple[dict[str, str], dict[str, float | int | str]]]:

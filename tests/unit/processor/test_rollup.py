@@ -381,3 +381,15 @@ def test_buckets_stay_bounded_whatever_the_spread() -> None:
     assert bins.counts is not None
     assert len(bins.counts) == rollup.BIN_LIMIT
     assert bins.total == len(range(-30_000, 30_000, 7))
+
+
+def test_written_windows_make_room_for_new_ones_before_their_horizon() -> None:
+    roll = Rollup(_config(max_open_windows=2, late_horizon="1h"), started=0.0, floor=None)
+    for k in range(4):
+        start = T0 + 20 * k
+        assert all(o.accepted for o in _offer_all(roll, _partial("n1", [(start + 1, 1.0)]), start + 11))
+        for window in roll.due(start + 25):
+            roll.written(window)
+    assert len(roll.windows) == 2
+    forgotten = _offer_all(roll, _partial("n2", [(T0 + 1, 1.0)]), T0 + 90)[0]
+    assert forgotten.reason is RefusalReason.TOO_LATE
