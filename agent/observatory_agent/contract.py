@@ -102,7 +102,8 @@ Seconds = Annotated[
 """A positive duration in seconds; accepts ``10s``/``1h30m`` and serialises back to that form."""
 
 
-def _check_multiple(window: float, interval: float) -> bool:
+def whole_multiple(window: float, interval: float) -> bool:
+    """Whether ``window`` is ``interval`` times a whole number (at least once), within float error."""
     ratio = window / interval
     return abs(ratio - round(ratio)) < 1e-9 and round(ratio) >= 1
 
@@ -457,7 +458,7 @@ class AgentConfig(BaseModel):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"collectors: names must be unique, {dupes[0]!r} repeats")
-        if self.interval and self.window and not _check_multiple(self.window, self.interval):
+        if self.interval and self.window and not whole_multiple(self.window, self.interval):
             raise ValueError("window must be a whole multiple of interval")
         return self
 
@@ -482,7 +483,7 @@ def resolve(agent: AgentConfig, shared: SharedConfig) -> EffectiveConfig:
     """CR spec (``agent``) > shared-config > built-in defaults; raises ``ConfigError`` on conflicts."""
     interval = agent.interval or shared.observatory_collection_interval or DEFAULT_INTERVAL
     window = agent.window or shared.observatory_aggregation_window or DEFAULT_WINDOW
-    if not _check_multiple(window, interval):
+    if not whole_multiple(window, interval):
         raise ConfigError(
             "window",
             f"must be a whole multiple of interval ({format_duration(window)} vs {format_duration(interval)})",

@@ -45,6 +45,7 @@ from observatory_agent.contract import (
     SketchState,
     WindowPartial,
     unpack_floats,
+    whole_multiple,
 )
 
 BIN_LIMIT: Final = 2048
@@ -451,11 +452,6 @@ class Counters:
         self.dropped_partials[reason.value] = self.dropped_partials.get(reason.value, 0) + 1
 
 
-def _multiple(big: float, small: float) -> bool:
-    ratio = big / small
-    return abs(ratio - round(ratio)) < 1e-9 and round(ratio) >= 1
-
-
 class Rollup:
     """Every open and retained window of one rule.
 
@@ -487,7 +483,7 @@ class Rollup:
         """``(start, end)`` of the rule window holding the partial's window, or why it does not fit."""
         window = self.config.window
         length = partial.window_end - partial.window_start
-        if not _multiple(window, length):
+        if not whole_multiple(window, length):
             return f"window: the agent's window ({length:g}s) does not divide the rule's ({window:g}s)"
         index = math.floor(partial.window_start / window + _EPS)
         start, end = index * window, (index + 1) * window

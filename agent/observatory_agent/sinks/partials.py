@@ -54,6 +54,7 @@ from observatory_agent.contract import (
     SketchState,
     WindowPartial,
     pack_floats,
+    whole_multiple,
 )
 from observatory_agent.sinks.buffer import fsync_directory
 
@@ -543,7 +544,7 @@ class Partials:
             if sender is None:
                 continue
             length = window.end - window.start
-            if target.window and not _divides(length, target.window):
+            if target.window and not whole_multiple(target.window, length):
                 key = (target.rule, length)
                 if key not in self._warned_windows:
                     self._warned_windows.add(key)
@@ -588,11 +589,6 @@ class Partials:
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         await self.http.close()
-
-
-def _divides(small: float, big: float) -> bool:
-    ratio = big / small
-    return abs(ratio - round(ratio)) < 1e-9 and round(ratio) >= 1
 
 
 def _dropped_refusals(stats: SenderStats) -> int:
