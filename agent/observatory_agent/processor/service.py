@@ -201,17 +201,19 @@ class Processor:
 
     def _ready(self, found: float | None) -> None:
         self.read_error = None
-        if found is not None:
-            self._acked = found
-        floors = [f for f in (found, self._buffered_floor) if f is not None]
-        floor = max(floors) if floors else None
         with self._lock:
+            if found is not None:
+                self._acked = max(self._acked, found)
+            floors = [f for f in (found, self._buffered_floor) if f is not None]
+            floor = max(floors) if floors else None
             self.rollup = Rollup(self.config, started=self._clock(), floor=floor)
+            self._sync_watermark()
         self.telemetry.ready.set(1)
         # Everything alive now (imported modules, clients) lives as long as the process: out of
-        # the collector's way, so its passes walk only what partials allocate.
+        # the collector's way, so its passes walk only what partials allocate. Garbage first:
+        # after a reload, the previous instance's state must not be frozen in.
+        gc.collect()
         gc.freeze()
-        self._sync_watermark()
         log.info(
             "processor_ready",
             rule=self.spec.rule,
