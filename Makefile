@@ -66,8 +66,8 @@ dev: bootstrap env ## Local control plane, 3 real nodes (simulated when not root
 run-agent: bootstrap ## Run one agent on this host (no cluster needed)
 	$(UV) run observatory-agent run
 
-run-processor: bootstrap ## Run a processor locally
-	$(UV) run observatory-processor
+run-processor: bootstrap ## Run a processor locally: CONFIG=processor.json (a ProcessorConfig) [SHARED=dir]
+	$(UV) run observatory-processor run --config "$${CONFIG:?set CONFIG=path/to/processor.json}" $${SHARED:+--shared-config "$$SHARED"}
 
 run-operator: bootstrap ## Run the operator against $$KUBECONFIG
 	$(UV) run observatory-operator

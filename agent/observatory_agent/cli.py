@@ -17,24 +17,29 @@ from typing import Any
 from observatory_agent import __version__
 
 
+def config_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
+    """``--config`` and ``--shared-config``, as the agent and the processor both take them."""
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=os.environ.get("OBSERVATORY_CONFIG") or None,
+        help=f"{kind} JSON rendered by the operator (env OBSERVATORY_CONFIG)",
+    )
+    parser.add_argument(
+        "--shared-config",
+        type=Path,
+        default=os.environ.get("OBSERVATORY_SHARED_CONFIG_DIR") or None,
+        help="Mounted shared-config ConfigMap directory (env OBSERVATORY_SHARED_CONFIG_DIR)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="observatory-agent", description="happy-observatory node agent")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (("run", "Collect, aggregate and write until SIGTERM"), ("once", "Print one cycle and exit")):
         p = sub.add_parser(name, help=text, description=text)
-        p.add_argument(
-            "--config",
-            type=Path,
-            default=os.environ.get("OBSERVATORY_CONFIG") or None,
-            help="AgentConfig JSON rendered by the operator (env OBSERVATORY_CONFIG)",
-        )
-        p.add_argument(
-            "--shared-config",
-            type=Path,
-            default=os.environ.get("OBSERVATORY_SHARED_CONFIG_DIR") or None,
-            help="Mounted shared-config ConfigMap directory (env OBSERVATORY_SHARED_CONFIG_DIR)",
-        )
+        config_arguments(p, "AgentConfig")
         if name == "once":
             p.add_argument("--format", choices=("table", "json", "line-protocol"), default="table")
     return parser

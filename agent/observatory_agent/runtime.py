@@ -144,7 +144,8 @@ class Agent:
         self.started_at = self.timeline.now()
         self.collector_errors: dict[str, int] = {}
         self.collector_health: dict[str, dict[str, Any]] = {}
-        self.partials_client = partials.PartialsClient()
+        self.partials: partials.Partials | None = None
+        self._partials_seen = (0, 0)
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self._collectors: list[Guard] = []
         self._aggregator: WindowAggregator | None = None
@@ -162,7 +163,6 @@ class Agent:
         self._seen: dict[str, int] = {}
         self._steps_seen: dict[str, int] = {"backward": 0, "forward": 0}
         self._corrupt_seen = 0
-        self._partials_errors_seen = 0
         self._config_hash_label: str | None = None
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
@@ -188,7 +188,7 @@ class Agent:
                 "rejected_points": stats.rejected_points if stats else 0,
                 "config_reloads_failed": self.watcher.reloads["failure"],
                 "config": self.watcher.last_error,
-                "partials": self.partials_client.errors,
+                "partials": self.partials.errors if self.partials else 0,
             },
             "collectors": {name: dict(h) for name, h in self.collector_health.items()},
             "series": {
@@ -249,6 +249,11 @@ class Agent:
         self.telemetry.series_limit.set(agent.max_series)
         if self._buffer is None:
             self._buffer = DurableBuffer(buffer_directory(agent.buffer_dir), agent.buffer_max_bytes)
+        if self.partials is None:
+            self.partials = partials.Partials(
+                self.node, self._buffer.directory / "partials", partials.outbox_bytes(agent.buffer_max_bytes)
+            )
+        self.partials.configure(agent.processors)
         writer = None
         if eff.influxdb_url and eff.influxdb_org and eff.influxdb_bucket:
             token = TokenSource(agent.influxdb)
@@ -448,8 +453,10 @@ class Agent:
                 self._delivery.enqueue(lines)
             self.telemetry.windows_closed.inc()
             self.telemetry.window_close_lateness.observe(max(0.0, now - window.end))
-        if self._loaded.effective.agent.processors:
-            self._spawn(self._send_partials(closed), "partials")
+        if self.partials is not None:
+            for window in closed:
+                self.partials.submit(window, now)  # built, kept and sent on their own tasks: never delays writes
+            self._sync_partials_metrics()
         self._sync_delivery_metrics()
         self._wake.set()
 
@@ -473,20 +480,6 @@ class Agent:
             },
             window.end,
         )
-
-    async def _send_partials(self, closed: list[ClosedWindow]) -> None:
-        """Send each rule's processor its series of the closed windows (never delays InfluxDB writes)."""
-        assert self._loaded is not None
-        agent = self._loaded.effective.agent
-        for window in closed:
-            for target in agent.processors:
-                partial = partials.build(window, target, self.node)
-                if partial is not None and await self.partials_client.send(target, partial):
-                    self.telemetry.partials_sent.inc()
-        errors = self.partials_client.errors
-        if errors > self._partials_errors_seen:
-            self.telemetry.partials_errors.inc(errors - self._partials_errors_seen)
-            self._partials_errors_seen = errors
 
     def _drain_budget(self) -> float:
         assert self._loaded is not None
@@ -537,6 +530,17 @@ class Agent:
         t.unpersisted_points.set(buffer.unpersisted_points)
         if stats.last_successful_write is not None:
             t.last_successful_write.set(stats.last_successful_write)
+
+    def _sync_partials_metrics(self) -> None:
+        if self.partials is None:
+            return
+        t, p = self.telemetry, self.partials
+        sent = sum(s.stats.sent for s in p.senders.values())
+        t.partials_sent.inc(sent - self._partials_seen[0])
+        t.partials_dropped.inc(p.dropped - self._partials_seen[1])
+        self._partials_seen = (sent, p.dropped)
+        t.partials_pending.set(p.pending)
+        self._sync_counter("partials:errors", p.errors, t.partials_errors)
 
     def _sync_reload_metrics(self) -> None:
         for result, n in self.watcher.reloads.items():
@@ -597,7 +601,8 @@ class Agent:
             _done, pending = await asyncio.wait(set(self._background), timeout=2.0)
             for task in pending:
                 task.cancel()
-        await self.partials_client.close()
+        if self.partials is not None:
+            await self.partials.close(SHUTDOWN_FLUSH_BUDGET)
         for guard in self._collectors:
             with contextlib.suppress(Exception):  # best effort on the way out
                 await guard.close()

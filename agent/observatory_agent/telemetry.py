@@ -144,4 +144,12 @@ class Telemetry:
         self.partials_errors = Counter(
             "observatory_agent_partials_errors", "Partials a processor did not take", registry=r
         )
+        self.partials_pending = Gauge(
+            "observatory_agent_partials_pending", "Partials kept until their processor has written them", registry=r
+        )
+        self.partials_dropped = Counter(
+            "observatory_agent_partials_dropped",
+            "Partials dropped: outbox full, or refused by the processor as too late, conflicting or invalid",
+            registry=r,
+        )
         self.ready = Gauge("observatory_agent_ready", "1 when the first cycle ran and the config is valid", registry=r)

@@ -1,1 +1,1 @@
-"""The cluster roll-up processor: merges agents' window partials (a later issue)."""
+"""The cluster roll-up processor: merges agents' window partials per AggregationRule and writes them."""

@@ -80,6 +80,15 @@ class _Entry:
     """Kept in memory while the batch is young (it is usually sent right away) or unpersisted."""
 
 
+def fsync_directory(directory: Path) -> None:
+    """Make a file created or renamed in ``directory`` survive a crash (its entry is data too)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class DurableBuffer:
     """FIFO of line batches on disk, bounded by ``max_bytes`` of segment files."""
 
@@ -204,11 +213,7 @@ class DurableBuffer:
         return entry
 
     def _fsync_dir(self) -> None:
-        fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_directory(self.directory)
 
     def _open_active(self) -> int:
         if self._active_fd >= 0 and self._segment_sizes.get(self._active_seq, 0) < self.segment_bytes:

@@ -184,15 +184,27 @@ def _number(value: float) -> float:
     return value if value.__class__ is float or (value.__class__ is int and abs(value) < _EXACT) else float(value)
 
 
-def encode_point(measurement: str, tags: dict[str, str], fields: dict[str, int | float], timestamp: float) -> str:
-    """One line of arbitrary fields (ints as ``i``, non-finite floats left out): the agent's own point."""
+FieldValue = float | int | str | bool
+
+
+def _field(value: FieldValue) -> str | None:
+    """A field value: ``1i`` for an int, ``"…"`` for a string, None for a non-finite float."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return f"{value}i"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return _float(value) if math.isfinite(value) else None
+
+
+def encode_point(measurement: str, tags: dict[str, str], fields: dict[str, FieldValue], timestamp: float) -> str:
+    """One line for any point (the processor's roll-ups, markers and health), same escaping as ``encode``.
+
+    Ints are integer fields, strings string fields; non-finite floats are left out.
+    """
     if not measurement:
         raise ValueError("measurement is empty")
-    parts = []
-    for key in sorted(fields):
-        value = fields[key]
-        if value.__class__ is int:
-            parts.append(f"{escape_key(key)}={value}i")
-        elif math.isfinite(value):
-            parts.append(f"{escape_key(key)}={_float(value)}")
-    return f"{escape_measurement(measurement)}{_tags(tags)} {','.join(parts)} {round(timestamp * 1000)}"
+    encoded = sorted((k, text) for k, v in fields.items() if (text := _field(v)) is not None)
+    body = ",".join(f"{escape_key(k)}={text}" for k, text in encoded)
+    return f"{escape_measurement(measurement)}{_tags(tags)} {body} {round(timestamp * 1000)}"

@@ -43,7 +43,7 @@ class AgentProcess:
     collectors: tuple[str, ...] = COLLECTORS
     env: dict[str, str] = field(default_factory=dict)
     """Extra environment, e.g. shared-config keys (``CLUSTER_NAME``)."""
-    url: str | None = None
+    influx_url: str | None = None
     """InfluxDB URL the agent uses, when not the bed's own (a fault proxy in front of it)."""
     bucket: str | None = None
     token: str | None = None
@@ -82,7 +82,7 @@ class AgentProcess:
             "collectors": [{"name": c, "kind": c} for c in self.collectors],
             "tags": {"run": self.run, **self.tags},
             "influxdb": {
-                "url": self.url or self.influx.url,
+                "url": self.influx_url or self.influx.url,
                 "org": self.influx.org,
                 "bucket": self.bucket or self.influx.bucket,
                 "token_file": str(token),

@@ -91,7 +91,7 @@ def test_hung_influxdb_then_sigterm_then_restart_loses_no_window(
     make_agent: Callable[..., AgentProcess], proxy: FaultProxy, influxdb: InfluxDB
 ) -> None:
     """Issue 10, defect 1: windows queued behind 5 s timeouts were never buffered before SIGTERM."""
-    agent = make_agent("hang", url=proxy.url)
+    agent = make_agent("hang", influx_url=proxy.url)
     agent.start()
     first = _boundary(agent.started_at) + WINDOW
     wait_for(lambda: agent.status()["last_successful_write"], timeout=20, what="a first write")
@@ -113,7 +113,7 @@ def test_hung_influxdb_then_sigterm_then_restart_loses_no_window(
 def test_slow_influxdb_delays_writes_but_loses_nothing(
     make_agent: Callable[..., AgentProcess], proxy: FaultProxy, influxdb: InfluxDB
 ) -> None:
-    agent = make_agent("slow", url=proxy.url)
+    agent = make_agent("slow", influx_url=proxy.url)
     proxy.slow_chunk, proxy.slow_delay = 256, 0.1
 
     first, last = _run_through(agent, lambda: proxy.set_mode("slow"), lambda: proxy.set_mode("pass"), windows=4)
@@ -123,7 +123,7 @@ def test_slow_influxdb_delays_writes_but_loses_nothing(
 def test_connection_resets_are_retried_counted_and_lose_nothing(
     make_agent: Callable[..., AgentProcess], proxy: FaultProxy, influxdb: InfluxDB
 ) -> None:
-    agent = make_agent("reset", url=proxy.url)
+    agent = make_agent("reset", influx_url=proxy.url)
     seen: dict[str, object] = {}
 
     def recover() -> None:
@@ -241,7 +241,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 def test_full_disk_is_counted_and_windows_wait_in_memory_until_influxdb_is_back(
     make_agent: Callable[..., AgentProcess], proxy: FaultProxy, influxdb: InfluxDB, small_disk: Path
 ) -> None:
-    agent = make_agent("diskfull", url=proxy.url, extra={"buffer_dir": str(small_disk / "buffer")})
+    agent = make_agent("diskfull", influx_url=proxy.url, extra={"buffer_dir": str(small_disk / "buffer")})
     agent.start()
     first = _boundary(agent.started_at) + WINDOW
     wait_for(lambda: agent.status()["last_successful_write"], timeout=20, what="a first write")
@@ -265,7 +265,7 @@ def test_full_disk_is_counted_and_windows_wait_in_memory_until_influxdb_is_back(
 def test_sigkill_in_the_middle_of_a_write_loses_and_doubles_nothing(
     make_agent: Callable[..., AgentProcess], proxy: FaultProxy, influxdb: InfluxDB
 ) -> None:
-    agent = make_agent("midwrite", url=proxy.url)
+    agent = make_agent("midwrite", influx_url=proxy.url)
     agent.start()
     first = _boundary(agent.started_at) + WINDOW
     wait_for(lambda: agent.status()["last_successful_write"], timeout=20, what="a first write")

@@ -1,4 +1,4 @@
-"""Processor series selection, when tracing turns on, and the ``once`` command's output."""
+"""When tracing turns on, and the ``once`` command's output (partials: test_partials.py)."""
 
 from __future__ import annotations
 
@@ -9,37 +9,6 @@ import pytest
 import structlog
 
 from observatory_agent import cli, tracing
-from observatory_agent.aggregation.series import tags_key
-from observatory_agent.aggregation.windows import WindowAggregator
-from observatory_agent.contract import ProcessorTarget, WindowPartial
-from observatory_agent.sinks import partials
-
-
-def _window() -> WindowAggregator:
-    agg = WindowAggregator(60.0, exact_threshold=1024)
-    agg.add("system.cpu.usage", tags_key({"node": "a", "pool": "gpu"}), 10.0, 61.0)
-    agg.add("system.cpu.core.usage", tags_key({"node": "a", "pool": "gpu", "core": "0"}), 20.0, 61.0)
-    agg.add("system.memory.used", tags_key({"node": "a", "pool": "gpu"}), 30.0, 61.0)
-    agg.add("system.cpu.usage", tags_key({"node": "b", "pool": "general"}), 40.0, 62.0)
-    return agg
-
-
-def test_processor_gets_only_series_matching_its_globs_and_tags() -> None:
-    (closed,) = _window().close(120.0)
-    target = ProcessorTarget(
-        rule="cpu-rollup", url="http://p:9465", metrics=["system.cpu.*"], match_tags={"pool": "gpu"}
-    )
-    partial = partials.build(closed, target, node="a")
-    assert partial is not None
-    assert sorted(s.name for s in partial.series) == ["system.cpu.core.usage", "system.cpu.usage"]
-    assert (partial.window_start, partial.window_end, partial.rule) == (60.0, 120.0, "cpu-rollup")
-    assert WindowPartial.model_validate_json(partial.model_dump_json()) == partial
-
-
-def test_no_partial_when_nothing_matches() -> None:
-    (closed,) = _window().close(120.0)
-    target = ProcessorTarget(rule="r", url="http://p", metrics=["app.*"])
-    assert partials.build(closed, target, node="a") is None
 
 
 @pytest.mark.parametrize(
@@ -90,35 +59,3 @@ def test_once_line_protocol_is_one_line_per_series(capsys: pytest.CaptureFixture
     assert lines
     assert all(" count=" in line for line in lines)
     assert any(line.startswith("system.memory.used,") for line in lines)
-
-
-async def test_partials_reach_the_processor_as_the_contracts_json() -> None:
-    from aiohttp import web
-
-    received: list[WindowPartial] = []
-
-    async def accept(request: web.Request) -> web.Response:
-        received.append(WindowPartial.model_validate_json(await request.read()))
-        return web.json_response({"accepted": True}, status=202)
-
-    app = web.Application()
-    app.router.add_post("/v1/partials", accept)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    client = partials.PartialsClient()
-    try:
-        (closed,) = _window().close(120.0)
-        target = ProcessorTarget(rule="r", url=f"http://127.0.0.1:{port}/", metrics=["system.memory.*"])
-        partial = partials.build(closed, target, node="a")
-        assert partial is not None
-        assert await client.send(target, partial)
-        down = ProcessorTarget(rule="r", url="http://127.0.0.1:9/", metrics=["*"])
-        assert not await client.send(down, partial)  # a dead processor is counted, not raised
-    finally:
-        await client.close()
-        await runner.cleanup()
-    assert received == [partial]
-    assert (client.sent, client.errors) == (1, 1)
