@@ -41,15 +41,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.bench.conftest import Report
 from tests.env.controlplane import ControlPlane
 from tests.env.dev import install_crds
 from tests.env.fixtures import Nodes
 from tests.env.kube import ApiError, Kube
-from tests.env.nodesim import REPO, VENV_BIN
-from tests.env.procs import Process, free_port, wait_for
-from tests.integration.operator.conftest import stand_in_collector
+from tests.env.nodesim import REPO
+from tests.env.procs import Process, wait_for
+from tests.integration.operator.conftest import operator_argv, stand_in_collector
 
 LATENCY_N = int(os.environ.get("BENCH_OPERATOR_LATENCY_N", "40"))
 COLD_N = int(os.environ.get("BENCH_OPERATOR_COLD_N", "200"))
@@ -63,6 +64,7 @@ STAND_IN_IMAGE = "registry.example/observatory-bench-stand-in:1"
 """Not the project image: the simulator reports its pods Ready and runs nothing."""
 GROUP_PATH = "/apis/observatory.happypatterns.org/v1alpha1"
 MB = 1024 * 1024
+WRITE_VERBS = frozenset({"create", "patch", "update", "delete"})
 ZONES = ("zone-a", "zone-b")
 """node-1's and node-2's zones: every collector wants exactly one agent, so a settled collector reads READY 1/1."""
 
@@ -122,6 +124,7 @@ def _bench_namespace(kube: Kube, prefix: str) -> Iterator[str]:
 class _Operator:
     process: Process
     liveness: str
+    metrics_url: str
 
     @property
     def pid(self) -> int:
@@ -134,7 +137,16 @@ class _Operator:
         return data
 
     def counters(self) -> dict[str, int]:
-        return {k: int(v) for k, v in self.healthz()["api-requests"].items()}
+        """API requests so far by verb, and ``writes`` (create, patch, update, delete), from /metrics."""
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as answer:
+            text = answer.read().decode()
+        out: Counter[str] = Counter()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "observatory_operator_api_requests_total":
+                    verb = sample.labels["verb"]
+                    out["writes" if verb in WRITE_VERBS else verb] += int(sample.value)
+        return dict(out)
 
     def status_kb(self, field: str) -> int:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
@@ -145,21 +157,12 @@ class _Operator:
 
 def _operator(control_plane: ControlPlane, ns: str, log: Path) -> _Operator:
     """Not started: the caller starts it (and times from there)."""
-    port = free_port()
-    argv = [
-        str(VENV_BIN / "observatory-operator"),
-        "--namespace",
-        ns,
-        "--resync-seconds",
-        str(RESYNC_SECONDS),
-        "--liveness",
-        f"http://127.0.0.1:{port}/healthz",
-        "--log-format",
-        "plain",
-    ]
+    argv, port, metrics_port = operator_argv(ns, resync=RESYNC_SECONDS)
     env = {**os.environ, "KUBECONFIG": str(control_plane.kubeconfig), "PYTHONUNBUFFERED": "1"}
     return _Operator(
-        Process("observatory-operator", argv, log=log, env=env, cwd=REPO), f"http://127.0.0.1:{port}/healthz"
+        Process("observatory-operator", argv, log=log, env=env, cwd=REPO),
+        f"http://127.0.0.1:{port}/healthz",
+        f"http://127.0.0.1:{metrics_port}/metrics",
     )
 
 
@@ -392,9 +395,9 @@ def test_cold_start_idle_resync_and_rss(
         changed = sorted(k for k, v in after_versions.items() if before_versions.get(k) != v)
         delta = {k: after.get(k, 0) - before.get(k, 0) for k in sorted(set(before) | set(after))}
         writes = delta.pop("writes", 0)
-        reads = delta.get("GET", 0)
+        reads = sum(v for k, v in delta.items() if k in {"get", "list", "watch"})
         which = f" ({', '.join(changed[:5])})" if changed else ""
-        by_method = ", ".join(f"{k} {v}" for k, v in delta.items() if k != "GET" and v) or "none"
+        by_method = ", ".join(f"{k} {v}" for k, v in delta.items() if k not in {"get", "list", "watch"} and v) or "none"
         report.add(
             f"operator: write requests during an idle {IDLE_SECONDS:.1f} s ({IDLE_SECONDS / RESYNC_SECONDS:.1f} "
             f"resyncs of {RESYNC_SECONDS:.0f} s), {COLD_N} collectors settled (steady at {settle:.0f} s)",

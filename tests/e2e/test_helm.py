@@ -231,21 +231,16 @@ def install_collect_uninstall(
             args = pods[0]["spec"]["containers"][0]["args"]
             expected = [f"--namespace={ns}" for ns in watch_namespaces] or ["--all-namespaces"]
             assert [a for a in args if a.startswith(("--namespace", "--all-namespaces"))] == expected, args
-            assert any(a.startswith("--peering") for a in args) == (replicas > 1), args
-            if replicas > 1:
-                # The operator created its KopfPeering before kopf started; every replica's keep-alive lands in it.
-                peering = f"/apis/kopf.dev/v1/namespaces/{namespace}/kopfpeerings/{release}"
+            # Every replica runs leader election; the Lease names the one that writes.
+            assert f"--leader-election={release}-operator" in args, args
+            lease = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{release}-operator"
 
-                def all_peers() -> dict[str, Any] | None:
-                    status: dict[str, Any] = control_plane.kube.get(peering).get("status") or {}
-                    return status if len(status) == replicas else None
+            def holder() -> str | None:
+                spec: dict[str, Any] = control_plane.kube.get(lease).get("spec") or {}
+                return spec.get("holderIdentity") or None
 
-                peers = wait_until(
-                    all_peers,
-                    timeout=WAIT,
-                    what=f"{replicas} peers in KopfPeering {release}",
-                )
-                assert len({peer["priority"] for peer in peers.values()}) == replicas, peers
+            leader = wait_until(holder, timeout=WAIT, what=f"a holder of Lease {release}-operator")
+            assert leader in {p["metadata"]["name"] for p in pods}, leader
             step(f"operator Available ({replicas} replica{'s' if replicas > 1 else ''})")
 
             applied = dt.datetime.now(dt.UTC).replace(microsecond=0)
@@ -345,10 +340,10 @@ def test_install_collect_uninstall_watching_all_namespaces(
     install_collect_uninstall(control_plane, nodes, influxdb, namespace, helm_cli, bed_root, watch_namespaces=[])
 
 
-def test_install_collect_uninstall_with_peering_replicas(
+def test_install_collect_uninstall_with_standby_replicas(
     control_plane: ControlPlane, nodes: Nodes, influxdb: InfluxDB, namespace: str, helm_cli: Helm, bed_root: Path
 ) -> None:
-    """Two replicas: kopf peering (the chart's KopfPeering and its RBAC) keeps one writer, and the flow still works."""
+    """Two replicas: the Lease (and the chart's leader-election Role) keeps one writer, and the flow still works."""
     install_collect_uninstall(
         control_plane, nodes, influxdb, namespace, helm_cli, bed_root, watch_namespaces=[namespace], replicas=2
     )

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from observatory_operator import rbac
 from tests.env.controlplane import ControlPlane, write_kubeconfig
@@ -40,6 +42,7 @@ class Operator:
     argv: list[str]
     env: dict[str, str]
     liveness: str
+    metrics_url: str
 
     def restart(self) -> None:
         self.process.stop()
@@ -49,9 +52,32 @@ class Operator:
     def log(self) -> str:
         return self.process.tail(400)
 
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """The operator's /metrics: (name, sorted labels) → value."""
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as answer:
+            text = answer.read().decode()
+        samples = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+        return samples
 
-def _start(kubeconfig: Path, namespace: str, log: Path, resync: float = RESYNC_SECONDS) -> Operator:
-    port = free_port()
+    def requests(self, *verbs: str) -> int:
+        """API requests this operator sent with these verbs (all verbs when none given), any code."""
+        return int(
+            sum(
+                v
+                for (name, labels), v in self.metrics().items()
+                if name == "observatory_operator_api_requests_total" and (not verbs or dict(labels)["verb"] in verbs)
+            )
+        )
+
+
+def operator_argv(
+    namespace: str, *, resync: float = RESYNC_SECONDS, extra: Sequence[str] = ()
+) -> tuple[list[str], int, int]:
+    """The operator's command line for one namespace on free loopback ports: (argv, liveness port, metrics port)."""
+    port, metrics_port = free_port(), free_port()
     argv = [
         str(VENV_BIN / "observatory-operator"),
         "--namespace",
@@ -60,19 +86,30 @@ def _start(kubeconfig: Path, namespace: str, log: Path, resync: float = RESYNC_S
         str(resync),
         "--liveness",
         f"http://127.0.0.1:{port}/healthz",
+        "--metrics",
+        f"127.0.0.1:{metrics_port}",
         "--log-format",
         "plain",
+        *(["--verbose"] if os.environ.get("OBSERVATORY_OPERATOR_VERBOSE") else []),
+        *extra,
     ]
+    return argv, port, metrics_port
+
+
+def start_operator(
+    kubeconfig: Path, namespace: str, log: Path, resync: float = RESYNC_SECONDS, extra: Sequence[str] = ()
+) -> Operator:
+    argv, port, metrics_port = operator_argv(namespace, resync=resync, extra=extra)
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1"}
     proc = Process("observatory-operator", argv, log=log, env=env, cwd=REPO)
     proc.start()
-    return Operator(proc, argv, env, f"http://127.0.0.1:{port}/healthz")
+    return Operator(proc, argv, env, f"http://127.0.0.1:{port}/healthz", f"http://127.0.0.1:{metrics_port}/metrics")
 
 
 @pytest.fixture
 def operator(control_plane: ControlPlane, crds: list[str], namespace: str, bed_root: Path) -> Iterator[Operator]:
     """The operator with the bed's admin credentials."""
-    op = _start(control_plane.kubeconfig, namespace, bed_root / "logs" / f"operator-{namespace}.log")
+    op = start_operator(control_plane.kubeconfig, namespace, bed_root / "logs" / f"operator-{namespace}.log")
     try:
         yield op
     finally:
@@ -84,7 +121,9 @@ def slow_resync_operator(
     control_plane: ControlPlane, crds: list[str], namespace: str, bed_root: Path
 ) -> Iterator[Operator]:
     """The operator with a 10-minute resync: whatever happens quickly happens because of watch events."""
-    op = _start(control_plane.kubeconfig, namespace, bed_root / "logs" / f"operator-{namespace}.log", resync=600)
+    op = start_operator(
+        control_plane.kubeconfig, namespace, bed_root / "logs" / f"operator-{namespace}.log", resync=600
+    )
     try:
         yield op
     finally:
@@ -126,7 +165,7 @@ def rbac_operator(control_plane: ControlPlane, crds: list[str], namespace: str, 
     )["status"]["token"]
     kubeconfig = bed_root / f"kubeconfig-{namespace}"
     write_kubeconfig(kubeconfig, control_plane.server, control_plane.pki / "ca.crt", token, user=account)
-    op = _start(kubeconfig, namespace, bed_root / "logs" / f"operator-{namespace}.log")
+    op = start_operator(kubeconfig, namespace, bed_root / "logs" / f"operator-{namespace}.log")
     try:
         yield op
     finally:

@@ -27,6 +27,8 @@ PRODUCT: Final = "happy-observatory"
 
 CONFIG_HASH_ANNOTATION: Final = f"{GROUP}/config-hash"
 """On the pod template: a new value rolls the agents; nothing else in the operator's output does."""
+INPUT_HASH_ANNOTATION: Final = f"{GROUP}/input-hash"
+"""On every child: the hash of the whole desired object; a live object with another value is applied again."""
 COLLECTOR_ANNOTATION: Final = f"{GROUP}/collector"
 """The owning collector's full name, for when the instance label had to be shortened."""
 
@@ -127,6 +129,11 @@ def children_selector(collector: str) -> str:
     return ",".join(f"{k}={v}" for k, v in labels.items())
 
 
-def all_children_selector() -> str:
-    """The label selector of every object the operator manages, in any namespace."""
-    return f"{MANAGED_BY}={OPERATOR}"
+def agent_children_selector() -> str:
+    """The label selector of every collector's children in any namespace (what the operator watches)."""
+    return f"{MANAGED_BY}={OPERATOR},{COMPONENT}={AGENT_COMPONENT}"
+
+
+def agent_pods_selector() -> str:
+    """The label selector of every agent pod (what the operator watches for status)."""
+    return f"{NAME}={AGENT_APP}"
