@@ -61,7 +61,12 @@ CLUSTER_RULES: Final = (
 """Cluster-scoped resources: always in a ClusterRole."""
 
 NAMESPACED_RULES: Final = (
-    Rule((GROUP,), ("observatorycollectors",), WATCH, "kopf watches the collectors"),
+    Rule(
+        (GROUP,),
+        ("observatorycollectors",),
+        (*WATCH, "get"),
+        "kopf watches the collectors; one read before creating children, so a missed deletion creates none",
+    ),
     Rule((GROUP,), ("observatorycollectors/status",), ("patch",), "the status funnel (a merge patch)"),
     Rule(("apps",), ("daemonsets",), OWN, "one agent DaemonSet per collector"),
     Rule(("",), ("configmaps",), OWN, "the rendered agent.json; watching the shared-config ConfigMap a spec names"),

@@ -303,7 +303,14 @@ class Controller:
             body = {**body, "status": state.status}
         log.debug("%s %s/%s: round for generation %s", self.name, *key, body["metadata"].get("generation"))
         plan = await self.kind.plan(body, self.cache)
-        verdict, applied = await self._apply(key, state, owner, plan)
+        try:
+            verdict, applied = await self._apply(key, state, owner, plan)
+        except errors.NotFound as gone:
+            # A DELETED event we never saw: stop working on it rather than re-create its children.
+            log.info("%s %s/%s: %s; forgetting it", self.name, *key, gone.message)
+            self.primary.forget(*key)
+            self.forget(key, body)
+            return
         metrics.RECONCILES.labels(self.name, verdict.outcome.value).inc()
         await self._announce_changes(body, applied)
         computed = await self.kind.status(body, Round(plan, verdict, applied, owner), self.cache)
@@ -314,6 +321,12 @@ class Controller:
             await events.post(self.kube, body, kind, t.reason or t.type, f"{t.type}={t.status}: {t.message}")
         for notice in computed.notices:
             await events.post(self.kube, body, notice.type, notice.reason, notice.message)
+
+    async def _confirm(self, owner: Owner) -> None:
+        """Raise NotFound unless the owner still exists with its uid (read once, only before creating a child)."""
+        live = await self.kube.get_or_none(self.kind.resource.path(owner.namespace, owner.name))
+        if live is None or (live.get("metadata") or {}).get("uid") != owner.uid:
+            raise errors.NotFound(f"{owner.kind} {owner.namespace}/{owner.name} (uid {owner.uid}) no longer exists")
 
     def _state(self, key: Key, uid: str) -> _KeyState:
         state = self._states.get(key)
@@ -345,7 +358,10 @@ class Controller:
                 prune=[self.cache.store(r) for r in children],
                 memory=self.memory,
                 annotation=self.annotation,
+                confirm_owner=lambda: self._confirm(owner),
             )
+        except errors.NotFound:
+            raise  # the owner is gone (see _confirm): sync() forgets it
         except errors.PermanentError as exc:
             # The API server refused what we built from this spec (or a namesake is in the way):
             # the user has to change something; retried after a backoff since admission may change.

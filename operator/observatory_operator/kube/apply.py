@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 import enum
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -136,6 +136,38 @@ def needs_write(desired: Obj, live: Obj | None, memory: Memory, annotation: str)
     return Why.RESTORED if known[1] != current else None
 
 
+async def _live_object(kube: Kube, owner: Owner, obj: Obj, store: Store) -> Obj | None:
+    """The live object under ``obj``'s name: from the store, else (only when creating) read once by name."""
+    meta = obj["metadata"]
+    live = store.get(meta.get("namespace") or "", meta["name"])
+    if live is None:
+        # Not among the objects carrying our labels: a namesake of someone else's, or one an older
+        # release labelled otherwise, is seen this way.
+        live = await kube.get_or_none(store.resource.path(meta.get("namespace"), meta["name"]))
+    if live is not None and controller_uid(live) not in {None, owner.uid}:
+        # Someone else's object under our name: taking it over could break their workload.
+        raise errors.PermanentError(
+            f"{ref_of(obj)} exists and is controlled by another owner", reason=reasons.NAME_TAKEN
+        )
+    return live
+
+
+async def _prune(
+    kube: Kube, owner: Owner, desired: Sequence[Obj], stores: Iterable[Store], memory: Memory
+) -> list[str]:
+    wanted = {(o["kind"], o["metadata"]["name"]) for o in desired}
+    pruned = []
+    for store in stores:
+        for child in store.by_index(CONTROLLER_INDEX, owner.uid):
+            if (child.get("kind"), child["metadata"]["name"]) in wanted:
+                continue
+            await kube.delete(child, store.resource)
+            store.forget(child["metadata"].get("namespace") or "", child["metadata"]["name"])
+            memory.forget([child])
+            pruned.append(ref_of(child))
+    return pruned
+
+
 async def sync(
     kube: Kube,
     owner: Owner,
@@ -145,30 +177,28 @@ async def sync(
     prune: Iterable[Store],
     memory: Memory,
     annotation: str,
+    confirm_owner: Callable[[], Awaitable[None]],
 ) -> Applied:
-    """Apply what is missing or drifted (all or nothing), recreate on immutable fields, prune the undesired."""
+    """Apply what is missing or drifted (all or nothing), recreate on immutable fields, prune the undesired.
+
+    Before creating a child, ``confirm_owner`` makes sure the owner still exists (it raises
+    NotFound otherwise): a child created under a deleted owner would be garbage-collected and
+    created again, forever, if the owner's DELETED event was missed.
+    """
     result = Applied()
     todo: list[tuple[Obj, Obj | None, Why, Store]] = []
     for obj in desired:
         store = stores[(obj["apiVersion"], obj["kind"])]
-        meta = obj["metadata"]
-        live = store.get(meta.get("namespace") or "", meta["name"])
-        if live is None:
-            # Not among the objects carrying our labels: look once by name (only when creating),
-            # so a namesake of someone else's, or one an older release labelled otherwise, is seen.
-            live = await kube.get_or_none(store.resource.path(meta.get("namespace"), meta["name"]))
-        if live is not None and controller_uid(live) not in {None, owner.uid}:
-            # Someone else's object under our name: taking it over could break their workload.
-            raise errors.PermanentError(
-                f"{ref_of(obj)} exists and is controlled by another owner", reason=reasons.NAME_TAKEN
-            )
+        live = await _live_object(kube, owner, obj, store)
         why = needs_write(obj, live, memory, annotation)
         if why is None:
             result.live[obj["kind"]] = live or {}
         else:
             todo.append((obj, live, why, store))
+    if any(live is None for _, live, _, _ in todo):
+        await confirm_owner()
     recreate: set[str] = set()
-    for obj, _live, _why, store in todo:
+    for obj, _, _, store in todo:
         try:
             await kube.apply(obj, store.resource, dry_run=True)
         except errors.ImmutableField:
@@ -183,15 +213,7 @@ async def sync(
         memory.remember(answer, obj)
         result.live[obj["kind"]] = answer
         result.written.append((ref_of(obj), why))
-    wanted = {(o["kind"], o["metadata"]["name"]) for o in desired}
-    for store in prune:
-        for child in store.by_index(CONTROLLER_INDEX, owner.uid):
-            if (child.get("kind"), child["metadata"]["name"]) in wanted:
-                continue
-            await kube.delete(child, store.resource)
-            store.forget(child["metadata"].get("namespace") or "", child["metadata"]["name"])
-            memory.forget([child])
-            result.pruned.append(ref_of(child))
+    result.pruned = await _prune(kube, owner, desired, prune, memory)
     return result
 
 
