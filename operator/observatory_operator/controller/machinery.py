@@ -58,6 +58,28 @@ def by_uid(obj: Obj) -> list[str]:
     return [str(uid)] if uid else []
 
 
+def merge_patch(current: Mapping[str, Any], wanted: Mapping[str, Any], *, whole: bool = False) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7386) bringing ``current`` to ``wanted``: top-level fields ``wanted`` names, and
+    maps inside them ``whole``.
+
+    A map's keys missing from ``wanted`` are sent as null, or the merge would keep them; an empty map
+    is sent as null too (a merge patch cannot create one, so ``{}`` would be sent again every round).
+    Top-level fields ``wanted`` does not name are left as they are.
+    """
+    patch: dict[str, Any] = {}
+    for key in wanted.keys() | (current.keys() if whole else set()):
+        have, want = current.get(key), wanted.get(key)
+        if want == {}:
+            want = None
+        if isinstance(have, dict) and isinstance(want, dict):
+            inner = merge_patch(have, want, whole=True)
+            if inner:
+                patch[key] = inner
+        elif have != want:
+            patch[key] = want
+    return patch
+
+
 def _same(old: Obj, new: Obj) -> bool:
     """Equal but for the resourceVersion (which changes with every write, even one that changes nothing kept)."""
 
@@ -393,10 +415,7 @@ class Controller:
     async def _write_status(self, key: Key, state: _KeyState, body: Obj, new: Mapping[str, Any]) -> bool:
         """Send only the top-level status fields that differ; False when the object is gone or replaced."""
         current = body.get("status") or {}
-        # A merge patch cannot create an empty object ({} merges into nothing): send null instead,
-        # or every round would send the same {} again.
-        wanted = {k: (None if v == {} else v) for k, v in new.items()}
-        patch = {k: v for k, v in wanted.items() if current.get(k) != v}
+        patch = merge_patch(current, new)
         if not patch:
             return True
         meta = body["metadata"]

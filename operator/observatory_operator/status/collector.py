@@ -482,13 +482,14 @@ def _agent_lag(pod: Obj, report: AgentReport | None, horizon: float, window: flo
     future = last is not None and last > now.timestamp() + CLOCK_SKEW_SECONDS
     if last is not None and last >= horizon and not future:
         return None
+    where = _pod_node(pod) or str(pod["metadata"]["name"])
+    if future:
+        # Not a write this agent is still waiting for: an answer (or a clock) that is wrong.
+        return f"{where} (last write dated {_human((last or 0) - now.timestamp())} in the future; agent clock?)"
     started = parse_time((pod.get("status") or {}).get("startTime"))
     young = started is None or (now - started).total_seconds() < 2 * window
-    where = _pod_node(pod) or str(pod["metadata"]["name"])
     if report is None:
         return "" if young else f"{where} (no answer from /status)"
-    if future:
-        return f"{where} (last write dated {_human((last or 0) - now.timestamp())} in the future; agent clock?)"
     if last is None:
         return "" if young else f"{where} (no successful write; {report.buffered_points} points buffered)"
     ago = _human(now.timestamp() - last)

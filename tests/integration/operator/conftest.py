@@ -235,21 +235,24 @@ class FakeAgents:
         self.servers: list[ThreadingHTTPServer] = []
 
     def serve(self, pods: Sequence[dict[str, Any]], port: int = DEFAULT_METRICS_PORT) -> None:
-        answer = self.answer
         for pod in pods:
             name = pod["metadata"]["name"]
-
-            class Handler(BaseHTTPRequestHandler):
-                def do_GET(self) -> None:
-                    answer(name, self)  # noqa: B023 - bound per pod on purpose
-
-                def log_message(self, format: str, *args: Any) -> None:
-                    pass
-
-            server = ThreadingHTTPServer((pod["status"]["podIP"], port), Handler)
+            server = ThreadingHTTPServer((pod["status"]["podIP"], port), self._handler(name))
             server.daemon_threads = True
             threading.Thread(target=server.serve_forever, name=f"fake-agent {name}", daemon=True).start()
             self.servers.append(server)
+
+    def _handler(self, name: str) -> type[BaseHTTPRequestHandler]:
+        answer = self.answer
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                answer(name, self)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        return Handler
 
     def close(self) -> None:
         for server in self.servers:
