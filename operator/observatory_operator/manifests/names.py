@@ -101,7 +101,7 @@ def selector_labels(collector: str) -> Mapping[str, str]:
 def common_labels(collector: str) -> dict[str, str]:
     """Labels on every child object: the selector labels plus ownership and product labels.
 
-    ``managed-by`` + ``instance`` + ``component`` is what pruning lists by.
+    ``managed-by`` + ``component`` is what the operator's watches select children by.
     """
     return {
         **selector_labels(collector),
@@ -117,16 +117,6 @@ def pod_labels(collector: str, version: str | None) -> dict[str, str]:
     if version:
         labels[VERSION] = label_value(version)
     return labels
-
-
-def children_selector(collector: str) -> str:
-    """The label selector listing every child object of one collector (for pruning and observing)."""
-    labels = {
-        INSTANCE: label_value(collector),
-        COMPONENT: AGENT_COMPONENT,
-        MANAGED_BY: OPERATOR,
-    }
-    return ",".join(f"{k}={v}" for k, v in labels.items())
 
 
 def agent_children_selector() -> str:

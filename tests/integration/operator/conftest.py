@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -32,6 +32,14 @@ STAND_IN_IMAGE = "registry.example/observatory-stand-in:1"
 behaviour (children, coverage, READY, restores) is tested independently of the agent's progress."""
 
 GROUP_PATH = "/apis/observatory.happypatterns.org/v1alpha1"
+
+
+LAST: Final = "test_least_privilege.py::test_every_granted_verb_is_one_the_operator_sends"
+"""Replays the audit log of the whole run: it goes last, after every other test's operator has worked."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.nodeid.endswith(LAST))  # stable: everything else keeps its order
 
 
 @pytest.fixture(scope="session")
@@ -321,6 +329,27 @@ def recorders() -> Iterator[list[Recorder]]:
     finally:
         for recorder in made:
             recorder.close()
+
+
+SERVICE_MONITOR_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
+    "spec": {
+        "group": "monitoring.coreos.com",
+        "names": {"kind": "ServiceMonitor", "plural": "servicemonitors", "singular": "servicemonitor"},
+        "scope": "Namespaced",
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+            }
+        ],
+    },
+}
+"""A permissive stand-in for prometheus-operator's CRD: enough for the operator to own ServiceMonitors."""
 
 
 # --- helpers for the tests ----------------------------------------------------------------

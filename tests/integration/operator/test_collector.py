@@ -12,6 +12,7 @@ from tests.env.controlplane import ControlPlane
 from tests.env.fixtures import Nodes
 from tests.env.kube import ApiError, Kube
 from tests.integration.operator.conftest import (
+    SERVICE_MONITOR_CRD,
     STAND_IN_IMAGE,
     Operator,
     collector_path,
@@ -310,26 +311,6 @@ def test_daemonset_with_another_selector_is_recreated(
         return any(e.get("reason") == "Recreated" for e in events)
 
     eventually(recreated_event, timeout=15, what="a Recreated Event")
-
-
-SERVICE_MONITOR_CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
-    "spec": {
-        "group": "monitoring.coreos.com",
-        "names": {"kind": "ServiceMonitor", "plural": "servicemonitors", "singular": "servicemonitor"},
-        "scope": "Namespaced",
-        "versions": [
-            {
-                "name": "v1",
-                "served": True,
-                "storage": True,
-                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
-            }
-        ],
-    },
-}
 
 
 def test_service_monitor_is_created_when_its_crd_exists(
