@@ -18,36 +18,47 @@ Settings and why:
 - **One writer**: ``--leader-election NAME`` holds the coordination.k8s.io Lease NAME in
   ``--leader-election-namespace`` (default: ``POD_NAMESPACE``); only the holder writes, a standby
   takes over within the lease duration after the holder stops renewing, and a holder that cannot
-  renew stops writing before a standby may start (``kube/lease.py``). The chart always turns it
-  on, even for one replica, so the old and new pods of a rolling update never both write.
-  Without the flag the operator writes alone (tests, ``make dev``).
+  renew stops writing before a standby may start (``kube/lease.py``). The chart turns it on with
+  more than one replica (then a rolling update's old and new pods never both write either); a
+  single replica it replaces rather than overlaps (``strategy: Recreate``), and it runs without
+  the Lease's renewals. Without the flag the operator writes alone (one replica, tests, ``make dev``).
 - **Metrics**: ``--metrics HOST:PORT`` (default ``0.0.0.0:8081``, empty to disable) serves
   ``/metrics`` (``observatory_operator.metrics``).
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import contextlib
-import logging
-import os
-import socket
 import sys
-from collections.abc import Sequence
-from typing import Any
 
-import kopf
+# kopf imports the kubernetes client when it is installed (to recognise its model objects, which
+# this operator never hands it), and the whole client costs ~9 MB of RSS. The operator speaks
+# to the API server through its own client, so it makes the package absent for this process:
+# kopf then runs without it, as it documents it can. (Left alone when something already
+# imported it, such as a test process.) tests/unit/operator/test_cli.py fails when this stops
+# keeping the client out.
+sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]
 
-from observatory_operator import __version__, metrics
-from observatory_operator.controller.cache import Cache
-from observatory_operator.controller.machinery import Controller, Machinery
-from observatory_operator.handlers import collector
-from observatory_operator.kube.client import Kube
-from observatory_operator.kube.lease import LeaderElector
-from observatory_operator.kube.probe import Prober
-from observatory_operator.manifests import names
-from observatory_operator.settings import AgentDefaults, ReconcileSettings, Settings
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import contextlib  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import socket  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+from typing import Any  # noqa: E402
+
+import kopf  # noqa: E402
+
+from observatory_agent.cli import limit_malloc_arenas  # noqa: E402
+from observatory_operator import __version__, metrics  # noqa: E402
+from observatory_operator.controller.cache import Cache  # noqa: E402
+from observatory_operator.controller.machinery import Controller, Machinery  # noqa: E402
+from observatory_operator.handlers import collector  # noqa: E402
+from observatory_operator.kube import client  # noqa: E402
+from observatory_operator.kube.lease import LeaderElector  # noqa: E402
+from observatory_operator.kube.probe import Prober  # noqa: E402
+from observatory_operator.manifests import names  # noqa: E402
+from observatory_operator.settings import AgentDefaults, ReconcileSettings, Settings  # noqa: E402
 
 log = logging.getLogger("observatory_operator")
 
@@ -93,10 +104,9 @@ def build_registry(machinery: Machinery, *, elector: LeaderElector | None) -> ko
     tasks: list[asyncio.Task[None]] = []
 
     @kopf.on.login(id="login", registry=registry)
-    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        # The same configuration the operator's own client loads: in-cluster, else KUBECONFIG.
-        info: kopf.ConnectionInfo | None = kopf.login_via_client(**kwargs)
-        return info
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        # The same credentials the operator's own client uses: in-cluster, else KUBECONFIG.
+        return client.login()
 
     @kopf.on.startup(id="start", registry=registry)
     async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -129,7 +139,7 @@ def build_registry(machinery: Machinery, *, elector: LeaderElector | None) -> ko
 
 
 async def _operate(args: argparse.Namespace, settings: Settings) -> int:
-    kube = Kube(
+    kube = client.Kube(
         field_manager=settings.field_manager, user_agent=f"{settings.field_manager}/{__version__} ({args.identity})"
     )
     cache = Cache(kube, args.namespace)
@@ -200,6 +210,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         agent=AgentDefaults(image=args.agent_image),
         reconcile=ReconcileSettings(resync_seconds=args.resync_seconds),
     )
+    # One malloc arena (the agent's reasoning: the GIL serialises allocations anyway; each extra
+    # arena keeps freed memory resident). Before any thread starts, metrics' server thread included.
+    limit_malloc_arenas()
     if args.metrics:
         metrics.serve(args.metrics)
     log.info(

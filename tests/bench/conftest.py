@@ -2,11 +2,13 @@
 
 Benchmarks run with `make bench`, never with `make test`. Each row names the measurement,
 ours, the peer measured in the same run, the ratio and the target, and whether it was met.
-The table is also written to `.bench/results.md` for the README and the closing note.
+The table is also written to `.bench/results.md` (for the README) and `.bench/results.json` (for tools).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import shutil
 import subprocess
@@ -35,6 +37,10 @@ class Report:
 
     def add(self, name: str, *, ours: str, peer: str = "—", ratio: str = "—", target: str, met: bool) -> None:
         self.rows.append(Row(name, ours, peer, ratio, target, met))
+
+    def json(self) -> str:
+        """The rows as JSON, for tools: one object per measurement, ``met`` a boolean."""
+        return json.dumps([dataclasses.asdict(r) for r in self.rows], indent=2, ensure_ascii=False)
 
     def markdown(self) -> str:
         lines = [
@@ -82,6 +88,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     out = ROOT / ".bench"
     out.mkdir(exist_ok=True)
     (out / "results.md").write_text(text + "\n")
+    (out / "results.json").write_text(_REPORT.json() + "\n")
     terminalreporter.write_line("")
     for line in text.splitlines():
         terminalreporter.write_line(line)

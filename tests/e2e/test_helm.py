@@ -231,16 +231,22 @@ def install_collect_uninstall(
             args = pods[0]["spec"]["containers"][0]["args"]
             expected = [f"--namespace={ns}" for ns in watch_namespaces] or ["--all-namespaces"]
             assert [a for a in args if a.startswith(("--namespace", "--all-namespaces"))] == expected, args
-            # Every replica runs leader election; the Lease names the one that writes.
-            assert f"--leader-election={release}-operator" in args, args
-            lease = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{release}-operator"
+            # More than one replica: leader election, the Lease names the one that writes; one replica
+            # is replaced rather than overlapped on upgrade.
+            deploy = control_plane.kube.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/{deployment}")
+            strategy = deploy["spec"]["strategy"]["type"]
+            assert (f"--leader-election={release}-operator" in args, strategy) == (
+                (True, "RollingUpdate") if replicas > 1 else (False, "Recreate")
+            ), args
+            if replicas > 1:
+                lease = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{release}-operator"
 
-            def holder() -> str | None:
-                spec: dict[str, Any] = control_plane.kube.get(lease).get("spec") or {}
-                return spec.get("holderIdentity") or None
+                def holder() -> str | None:
+                    spec: dict[str, Any] = control_plane.kube.get(lease).get("spec") or {}
+                    return spec.get("holderIdentity") or None
 
-            leader = wait_until(holder, timeout=WAIT, what=f"a holder of Lease {release}-operator")
-            assert leader in {p["metadata"]["name"] for p in pods}, leader
+                leader = wait_until(holder, timeout=WAIT, what=f"a holder of Lease {release}-operator")
+                assert leader in {p["metadata"]["name"] for p in pods}, leader
             step(f"operator Available ({replicas} replica{'s' if replicas > 1 else ''})")
 
             applied = dt.datetime.now(dt.UTC).replace(microsecond=0)

@@ -111,6 +111,8 @@ def start_operator(kubeconfig: Path, logs: Path, influx: InfluxDB) -> Process | 
     if "--liveness" in helptext:
         # On loopback and a free port: a wildcard :8080 would shadow every pod IP's :8080.
         argv += ["--liveness", f"http://127.0.0.1:{free_port()}/healthz"]
+    if "--metrics" in helptext:
+        argv += ["--metrics", f"127.0.0.1:{free_port()}"]  # the same for the operator's /metrics
     proc = Process("observatory-operator", argv, log=logs / "operator.log", env=env, cwd=REPO)
     proc.start()
     time.sleep(3)  # an unfinished operator exits at once; a real one keeps running

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -150,6 +151,8 @@ class Kind:
     references: tuple[Reference, ...] = ()
     optional_children: tuple[Resource, ...] = ()
     """Child resources that exist only where their API is served (ServiceMonitor)."""
+    child_fields: Mapping[Resource, tuple[tuple[str, ...], ...]] = field(default_factory=dict)
+    """Paths of a child's spec the status function reads: the cache keeps those (and a digest of the rest)."""
 
 
 @dataclass
@@ -179,7 +182,8 @@ class Controller:
             initial=settings.backoff_initial_seconds, maximum=settings.backoff_max_seconds
         )
         self.primary = cache.primary(kind.resource)
-        self.memory = apply.Memory()
+        self.prefix = annotation.rsplit("/", 1)[0] + "/"
+        self.memory = apply.Memory(self.prefix)
         self._states: dict[Key, _KeyState] = {}
         for child in kind.children:
             self._watch_child(child)
@@ -204,6 +208,7 @@ class Controller:
         store = self.cache.watch(
             resource,
             label_selector=self.kind.child_selector,
+            trim=functools.partial(apply.trim_child, prefix=self.prefix, keep=self.kind.child_fields.get(resource, ())),
             indexes={apply.CONTROLLER_INDEX: apply.by_controller, UID_INDEX: by_uid},
         )
         self.follow(store, self._owner_of, delay=self.settings.poke_delay_seconds)

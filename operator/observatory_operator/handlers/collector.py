@@ -258,6 +258,7 @@ def kind(settings: Settings, prober: Prober) -> Kind:
         resource=COLLECTORS,
         children=(CONFIGMAPS, SERVICES, DAEMONSETS),
         optional_children=(SERVICEMONITORS,),
+        child_fields={DAEMONSETS: (("spec", "template", "spec", "hostNetwork"),)},
         child_selector=names.agent_children_selector(),
         plan=plan,
         status=status,

@@ -6,11 +6,13 @@ Drift, two ways, neither needing a request:
   as built (prometheus-operator's input hash). A live object whose annotation differs was built
   from other inputs, so it is applied, and server-side apply then also *removes* every field the
   operator set before and no longer sets (a dropped ``spec.updateStrategy`` leaves the DaemonSet).
-- **Fingerprint.** After each apply the operator remembers a hash of the live object's values at
-  exactly the desired object's paths, as the API server answered them (so ``0.5`` and ``500m`` are
-  never compared). A later live object whose projection differs was edited by someone else
-  (``kubectl set image``) and is restored. After a restart the first live object seen becomes the
-  baseline.
+- **Digest.** The cache keeps a child trimmed to what rounds read (its metadata, status, a few
+  paths the kind asks for) plus a digest of everything it says: its spec or data, its labels and
+  the operator's own annotations. After each apply the operator remembers the digest of the API
+  server's answer (so ``0.5`` and ``500m`` are never compared); a later live object with another
+  digest was edited by someone else (``kubectl set image``) and is restored. After a restart the
+  first live object seen is the baseline. Keeping digests instead of specs is what keeps the
+  operator's memory flat as collectors are added.
 
 Every object to write is first applied with ``dryRun=All``: a spec the API server refuses (say, a
 malformed affinity) then fails before anything is written, so agents never run a ConfigMap whose
@@ -60,21 +62,49 @@ def input_hash(obj: Mapping[str, Any], annotation: str) -> str | None:
     return ((obj.get("metadata") or {}).get("annotations") or {}).get(annotation)
 
 
-def project(live: Any, desired: Any) -> Any:
-    """``live``'s values at exactly ``desired``'s paths; lists element by element, with their live length."""
-    if isinstance(desired, dict):
-        if not isinstance(live, dict):
-            return live
-        return {k: project(live.get(k), v) for k, v in desired.items()}
-    if isinstance(desired, list):
-        if not isinstance(live, list):
-            return live
-        return [len(live), *(project(lv, dv) for lv, dv in zip(live, desired, strict=False))]
-    return live
+DIGEST: Final = "__digest__"
+"""Where a trimmed child carries its digest (not a Kubernetes field: it exists only in the cache)."""
+METADATA_KEPT: Final = (
+    "name", "namespace", "uid", "resourceVersion", "generation", "labels", "ownerReferences", "deletionTimestamp"
+)  # fmt: skip
 
 
-def fingerprint(live: Obj, desired: Obj) -> str:
-    return _sha(project(live, {k: v for k, v in desired.items() if k not in {"apiVersion", "kind"}}))
+def _said(obj: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """What an object says (beyond status and bookkeeping): its body, labels and the annotations under ``prefix``."""
+    meta = obj.get("metadata") or {}
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k.startswith(prefix)}
+    body = {k: v for k, v in obj.items() if k not in {"apiVersion", "kind", "metadata", "status", DIGEST}}
+    return {"body": body, "labels": meta.get("labels") or {}, "annotations": annotations}
+
+
+def digest(obj: Mapping[str, Any], prefix: str) -> str:
+    """The digest of what ``obj`` says; a trimmed child carries it already."""
+    carried = obj.get(DIGEST)
+    return str(carried) if carried else _sha(_said(obj, prefix))
+
+
+def trim_child(obj: Obj, *, prefix: str, keep: Sequence[tuple[str, ...]] = ()) -> Obj:
+    """A child as the cache keeps it: metadata, status, the ``keep`` paths, our annotations, and its digest."""
+    meta = obj.get("metadata") or {}
+    kept_meta = {k: meta[k] for k in METADATA_KEPT if k in meta}
+    kept_meta["annotations"] = {k: v for k, v in (meta.get("annotations") or {}).items() if k.startswith(prefix)}
+    out: Obj = {
+        "apiVersion": obj.get("apiVersion"),
+        "kind": obj.get("kind"),
+        "metadata": kept_meta,
+        "status": obj.get("status") or {},
+        DIGEST: digest(obj, prefix),
+    }
+    for path in keep:
+        value: Any = obj
+        for part in path:
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is not None:
+            node = out
+            for part in path[:-1]:
+                node = node.setdefault(part, {})
+            node[path[-1]] = value
+    return out
 
 
 class Why(enum.Enum):
@@ -105,33 +135,35 @@ class Applied:
 class Memory:
     """What this process last applied or accepted, per child object (lost on restart, by design)."""
 
-    fingerprints: dict[tuple[str, str, str], tuple[str, str]] = field(default_factory=dict)
-    """(kind, namespace, name) → (uid, fingerprint)."""
+    prefix: str
+    """The operator's annotation prefix (its group and a slash): its own annotations count in digests."""
+    digests: dict[tuple[str, str, str], tuple[str, str]] = field(default_factory=dict)
+    """(kind, namespace, name) → (uid, digest)."""
 
     @staticmethod
     def key(obj: Obj) -> tuple[str, str, str]:
         meta = obj.get("metadata") or {}
         return str(obj.get("kind")), str(meta.get("namespace") or ""), str(meta.get("name"))
 
-    def remember(self, answer: Obj, desired: Obj) -> None:
-        self.fingerprints[self.key(answer)] = (str(answer["metadata"].get("uid")), fingerprint(answer, desired))
+    def remember(self, answer: Obj) -> None:
+        self.digests[self.key(answer)] = (str(answer["metadata"].get("uid")), digest(answer, self.prefix))
 
     def forget(self, objects: Iterable[Obj]) -> None:
         for obj in objects:
-            self.fingerprints.pop(self.key(obj), None)
+            self.digests.pop(self.key(obj), None)
 
 
 def needs_write(desired: Obj, live: Obj | None, memory: Memory, annotation: str) -> Why | None:
-    """Whether (and why) ``desired`` must be applied over ``live``; records a baseline fingerprint when none."""
+    """Whether (and why) ``desired`` must be applied over ``live``; records a baseline digest when none."""
     key = Memory.key(desired)
     if live is None:
-        return Why.RESTORED if key in memory.fingerprints else Why.CREATED
+        return Why.RESTORED if key in memory.digests else Why.CREATED
     if input_hash(live, annotation) != input_hash(desired, annotation):
         return Why.UPDATED
-    uid, current = str(live["metadata"].get("uid")), fingerprint(live, desired)
-    known = memory.fingerprints.get(key)
+    uid, current = str(live["metadata"].get("uid")), digest(live, memory.prefix)
+    known = memory.digests.get(key)
     if known is None or known[0] != uid:
-        memory.fingerprints[key] = (uid, current)  # first sight since start: this is the baseline
+        memory.digests[key] = (uid, current)  # first sight since start: this is the baseline
         return None
     return Why.RESTORED if known[1] != current else None
 
@@ -210,7 +242,7 @@ async def sync(
             store.forget(live["metadata"].get("namespace") or "", live["metadata"]["name"])
             result.recreated.append(ref_of(obj))
         answer = store.write_through(await kube.apply(obj, store.resource))
-        memory.remember(answer, obj)
+        memory.remember(answer)
         result.live[obj["kind"]] = answer
         result.written.append((ref_of(obj), why))
     result.pruned = await _prune(kube, owner, desired, prune, memory)
@@ -219,14 +251,15 @@ async def sync(
 
 __all__ = [
     "CONTROLLER_INDEX",
+    "DIGEST",
     "Applied",
     "Memory",
     "Why",
     "by_controller",
-    "fingerprint",
+    "digest",
     "input_hash",
     "needs_write",
-    "project",
     "sync",
+    "trim_child",
     "with_input_hash",
 ]

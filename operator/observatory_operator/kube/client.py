@@ -1,8 +1,8 @@
 """The operator's API client: plain camelCase dicts over aiohttp, server-side apply, watch streams.
 
-Credentials come from ``kopf.login_via_client`` (the kubernetes package's own in-cluster and
-kubeconfig loading, exec plugins included), so kopf and this client authenticate the same way;
-a 401 logs in again once (bound service-account tokens rotate). Everything is async on kopf's
+Credentials come from ``login()`` (kopf's in-cluster and kubeconfig loaders), which kopf's own
+login handler uses too, so both authenticate the same way; a 401 logs in again once (bound
+service-account tokens rotate). Everything is async on kopf's
 event loop: no worker threads. Every request is counted by verb and code (``metrics``), and
 every write first passes the ``fence`` (leader election): a replica that may not write raises
 instead of sending.
@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -81,10 +83,25 @@ def resource_of(obj: Mapping[str, Any], known: Mapping[tuple[str, str], Resource
     return found
 
 
-def _login() -> kopf.ConnectionInfo:
-    info: kopf.ConnectionInfo | None = kopf.login_via_client(logger=log, settings=kopf.OperatorSettings())
+def login() -> kopf.ConnectionInfo:
+    """In a pod: its ServiceAccount's token; else ``$KUBECONFIG`` (or ~/.kube/config): a token or client certificate.
+
+    kopf's own loaders, so the kubernetes package is never imported (it costs this process ~9 MB);
+    exec plugins in a kubeconfig are not supported. In a pod the API server's address comes from
+    ``KUBERNETES_SERVICE_HOST``/``_PORT``, as client-go's in-cluster config takes it, rather than the
+    ``kubernetes.default.svc`` name kopf assumes (which needs the cluster's DNS).
+    """
+    settings = kopf.OperatorSettings()
+    info: kopf.ConnectionInfo | None = kopf.login_with_service_account(settings=settings, logger=log)
+    if info is not None:
+        host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT")
+        if host and port:
+            host = f"[{host}]" if ":" in host else host
+            info = dataclasses.replace(info, server=f"https://{host}:{port}")
+        return info
+    info = kopf.login_with_kubeconfig(settings=settings, logger=log)
     if info is None:
-        raise errors.PermanentError("no Kubernetes credentials: neither in-cluster nor a kubeconfig")
+        raise errors.PermanentError("no Kubernetes credentials: not in a pod, and no KUBECONFIG or ~/.kube/config")
     return info
 
 
@@ -92,7 +109,7 @@ class Kube:
     """One connection pool to the API server, shared by every round, watch and Event."""
 
     def __init__(
-        self, *, field_manager: str, login: Callable[[], kopf.ConnectionInfo] = _login, user_agent: str = ""
+        self, *, field_manager: str, login: Callable[[], kopf.ConnectionInfo] = login, user_agent: str = ""
     ) -> None:
         self.field_manager = field_manager
         self.user_agent = user_agent or f"{field_manager}/{__version__}"
@@ -102,6 +119,7 @@ class Kube:
         self._session: aiohttp.ClientSession | None = None
         self._server = ""
         self._discovery: dict[str, tuple[float, bool]] = {}
+        self._discovery_locks: dict[str, asyncio.Lock] = {}
 
     # --- session ------------------------------------------------------------------------
 
@@ -260,20 +278,25 @@ class Kube:
         return await self.request("update", path, body=body, fenced=fenced)
 
     async def served(self, api_version: str, *, ttl: float = 300.0) -> bool:
-        """Whether the cluster serves ``api_version`` (discovery, cached ``ttl`` seconds; no RBAC needed)."""
-        now = time.monotonic()
-        cached = self._discovery.get(api_version)
-        if cached and now - cached[0] < ttl:
-            return cached[1]
-        try:
-            await self.get(f"/apis/{api_version}")
-            present = True
-        except errors.NotFound:
-            present = False
-        except errors.KubeError:
-            return cached[1] if cached else False  # keep the last answer through a blip
-        self._discovery[api_version] = (now, present)
-        return present
+        """Whether the cluster serves ``api_version`` (discovery, cached ``ttl`` seconds; no RBAC needed).
+
+        One request per expiry, however many rounds ask at once (they wait for its answer).
+        """
+        lock = self._discovery_locks.setdefault(api_version, asyncio.Lock())
+        async with lock:
+            now = time.monotonic()
+            cached = self._discovery.get(api_version)
+            if cached and now - cached[0] < ttl:
+                return cached[1]
+            try:
+                await self.get(f"/apis/{api_version}")
+                present = True
+            except errors.NotFound:
+                present = False
+            except errors.KubeError:
+                return cached[1] if cached else False  # keep the last answer through a blip
+            self._discovery[api_version] = (now, present)
+            return present
 
 
 __all__ = [

@@ -54,6 +54,8 @@ class LeaderElector:
         self.leading = asyncio.Event()
         self._renewed_at = 0.0
         """Monotonic time of our last successful acquire or renew."""
+        self._held: Obj | None = None
+        """The Lease as our last successful update answered it: renewing from it needs no read first."""
         self._observed: tuple[str, str] | None = None
         self._observed_at = 0.0
         """The (holder, renewTime) we last saw, and when by our clock: a standby's only measure of expiry."""
@@ -94,7 +96,24 @@ class LeaderElector:
             await self._release()
             raise
 
+    async def _renew(self) -> bool:
+        """Renew from the Lease we last wrote: one request per renewal; a 409 means read it again."""
+        held = self._held
+        if held is None:
+            return False
+        held = {**held, "spec": {**held["spec"], "renewTime": _now()}}
+        try:
+            answer = await self.kube.update(self.path, held, fenced=False)
+        except (errors.Conflict, errors.NotFound):
+            self._held = None
+            return False
+        self._held = answer
+        self._won()
+        return True
+
     async def _try_acquire_or_renew(self) -> bool:
+        if await self._renew():
+            return True
         now = _now()
         mine: Obj = {
             "holderIdentity": self.identity,
@@ -111,7 +130,7 @@ class LeaderElector:
                 "spec": {**mine, "acquireTime": now, "leaseTransitions": 0},
             }
             try:
-                await self.kube.create(LEASES.path(self.namespace), body, fenced=False)
+                self._held = await self.kube.create(LEASES.path(self.namespace), body, fenced=False)
             except errors.Conflict:
                 return False  # another replica created it first
             self._won()
@@ -137,6 +156,7 @@ class LeaderElector:
             return False  # someone wrote the Lease since our read; look again next time
         spec = answer.get("spec") or {}
         self._observed, self._observed_at = (self.identity, str(spec.get("renewTime") or "")), time.monotonic()
+        self._held = answer
         self._won()
         return True
 
@@ -148,6 +168,7 @@ class LeaderElector:
         if not self.leading.is_set():
             return
         self.leading.clear()
+        self._held = None
         metrics.LEADER.set(0)
         with contextlib.suppress(errors.KubeError):
             lease = await self.kube.get(self.path)

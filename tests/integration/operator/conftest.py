@@ -110,12 +110,20 @@ def operator_argv(
 
 
 def start_operator(
-    kubeconfig: Path, namespace: str, log: Path, resync: float = RESYNC_SECONDS, extra: Sequence[str] = ()
+    kubeconfig: Path,
+    namespace: str,
+    log: Path,
+    resync: float = RESYNC_SECONDS,
+    extra: Sequence[str] = (),
+    *,
+    start: bool = True,
 ) -> Operator:
+    """The operator watching ``namespace`` as ``kubeconfig``'s user; ``start=False`` leaves starting to the caller."""
     argv, port, metrics_port = operator_argv(namespace, resync=resync, extra=extra)
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1"}
     proc = Process("observatory-operator", argv, log=log, env=env, cwd=REPO)
-    proc.start()
+    if start:
+        proc.start()
     return Operator(proc, argv, env, f"http://127.0.0.1:{port}/healthz", f"http://127.0.0.1:{metrics_port}/metrics")
 
 

@@ -1,4 +1,4 @@
-"""Pure parts of applying: drift by input hash and fingerprint (no write when nothing changed), API errors."""
+"""Pure parts of applying: drift by input hash and digest (no write when nothing changed), API errors."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from observatory_operator.api.models import API_VERSION, ObservatoryCollectorSpec
 from observatory_operator.kube import errors
-from observatory_operator.kube.apply import Memory, Why, needs_write, with_input_hash
+from observatory_operator.kube.apply import Memory, Why, needs_write, trim_child, with_input_hash
 from observatory_operator.manifests import build_collector
 from observatory_operator.objects import Owner
 from observatory_operator.settings import Settings
@@ -39,30 +39,39 @@ def _as_served(obj: dict[str, Any]) -> dict[str, Any]:
     return live
 
 
+PREFIX = "observatory.happypatterns.org/"
+
+
 def _after_apply(desired: dict[str, Any]) -> tuple[dict[str, Any], Memory]:
-    live, memory = _as_served(desired), Memory()
-    memory.remember(live, desired)
+    """What the API server answered our apply (remembered), for the test to edit as someone else would."""
+    live, memory = _as_served(desired), Memory(PREFIX)
+    memory.remember(live)
     return live, memory
+
+
+def _cached(live: dict[str, Any]) -> dict[str, Any]:
+    """The live object as the watch-fed cache keeps it."""
+    return trim_child(live, prefix=PREFIX, keep=[("spec", "template", "spec", "hostNetwork")])
 
 
 def test_what_the_api_server_answered_needs_no_write_later() -> None:
     for kind, obj in _desired().items():
         live, memory = _after_apply(obj)
-        assert needs_write(obj, live, memory, HASH) is None, kind
+        assert needs_write(obj, _cached(live), memory, HASH) is None, kind
 
 
 def test_after_a_restart_the_first_live_object_is_the_baseline() -> None:
     ds = _desired()["DaemonSet"]
-    memory = Memory()
-    assert needs_write(ds, _as_served(ds), memory, HASH) is None
+    memory = Memory(PREFIX)
+    assert needs_write(ds, _cached(_as_served(ds)), memory, HASH) is None
     edited = _as_served(ds)
     edited["spec"]["template"]["spec"]["containers"][0]["image"] = "evil/image:latest"
-    assert needs_write(ds, edited, memory, HASH) is Why.RESTORED
+    assert needs_write(ds, _cached(edited), memory, HASH) is Why.RESTORED
 
 
 def test_a_missing_object_is_created_and_one_we_made_before_is_restored() -> None:
     ds = _desired()["DaemonSet"]
-    assert needs_write(ds, None, Memory(), HASH) is Why.CREATED
+    assert needs_write(ds, None, Memory(PREFIX), HASH) is Why.CREATED
     _, memory = _after_apply(ds)
     assert needs_write(ds, None, memory, HASH) is Why.RESTORED
 
@@ -71,7 +80,7 @@ def test_a_hand_edited_image_is_restored() -> None:
     ds = _desired()["DaemonSet"]
     live, memory = _after_apply(ds)
     live["spec"]["template"]["spec"]["containers"][0]["image"] = "evil/image:latest"
-    assert needs_write(ds, live, memory, HASH) is Why.RESTORED
+    assert needs_write(ds, _cached(live), memory, HASH) is Why.RESTORED
 
 
 def test_a_removed_label_or_volume_or_an_added_env_var_is_restored() -> None:
@@ -83,14 +92,14 @@ def test_a_removed_label_or_volume_or_an_added_env_var_is_restored() -> None:
     ):
         live, memory = _after_apply(ds)
         edit(live)
-        assert needs_write(ds, live, memory, HASH) is Why.RESTORED
+        assert needs_write(ds, _cached(live), memory, HASH) is Why.RESTORED
 
 
 def test_edited_configmap_data_is_restored() -> None:
     cm = _desired()["ConfigMap"]
     live, memory = _after_apply(cm)
     live["data"]["agent.json"] = "{}"
-    assert needs_write(cm, live, memory, HASH) is Why.RESTORED
+    assert needs_write(cm, _cached(live), memory, HASH) is Why.RESTORED
 
 
 def test_a_field_removed_from_the_spec_changes_the_input_hash() -> None:
@@ -98,7 +107,7 @@ def test_a_field_removed_from_the_spec_changes_the_input_hash() -> None:
     before = _desired(updateStrategy={"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 3}})["DaemonSet"]
     after = _desired()["DaemonSet"]
     live, memory = _after_apply(before)
-    assert needs_write(after, live, memory, HASH) is Why.UPDATED
+    assert needs_write(after, _cached(live), memory, HASH) is Why.UPDATED
 
 
 def test_the_input_hash_ignores_key_order_and_covers_the_whole_object() -> None:
@@ -133,3 +142,14 @@ def test_retry_after_sets_the_delay() -> None:
     err = errors.from_response(429, "{}", {"Retry-After": "7"})
     assert isinstance(err, errors.TemporaryError)
     assert err.delay == 7.0
+
+
+def test_the_cache_keeps_a_digest_not_the_spec() -> None:
+    ds = _as_served(_desired(collectors=[{"name": "network"}])["DaemonSet"])
+    ds["metadata"]["managedFields"] = [{"manager": "x"}]
+    kept = _cached(ds)
+    assert kept["spec"] == {"template": {"spec": {"hostNetwork": True}}}  # the one path status reads
+    assert kept["status"] == {"numberReady": 1}
+    assert HASH in kept["metadata"]["annotations"]
+    assert "managedFields" not in kept["metadata"]
+    assert len(str(kept)) < len(str(ds)) / 4
