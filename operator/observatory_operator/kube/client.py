@@ -72,16 +72,6 @@ DAEMONSETS: Final = Resource("apps/v1", "DaemonSet", "daemonsets")
 LEASES: Final = Resource("coordination.k8s.io/v1", "Lease", "leases")
 SERVICEMONITORS: Final = Resource("monitoring.coreos.com/v1", "ServiceMonitor", "servicemonitors")
 
-KNOWN: Final = {(r.api_version, r.kind): r for r in (CONFIGMAPS, SERVICES, PODS, EVENTS, NODES, DAEMONSETS, LEASES)}
-
-
-def resource_of(obj: Mapping[str, Any], known: Mapping[tuple[str, str], Resource] = KNOWN) -> Resource:
-    """The Resource of an object by its apiVersion and kind (children the operator builds)."""
-    found = known.get((str(obj.get("apiVersion")), str(obj.get("kind"))))
-    if found is None:
-        raise KeyError(f"no Resource registered for {obj.get('apiVersion')} {obj.get('kind')}")
-    return found
-
 
 def login() -> kopf.ConnectionInfo:
     """In a pod: its ServiceAccount's token; else ``$KUBECONFIG`` (or ~/.kube/config): a token or client certificate.
@@ -310,5 +300,4 @@ __all__ = [
     "SERVICES",
     "Kube",
     "Resource",
-    "resource_of",
 ]
