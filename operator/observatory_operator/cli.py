@@ -1,4 +1,4 @@
-"""``observatory-operator``: runs the kopf operator with deliberate settings.
+"""``observatory-operator``: runs the controller machinery under kopf with deliberate settings.
 
 Settings and why:
 
@@ -7,47 +7,60 @@ Settings and why:
   ``--all-namespaces`` watches the whole cluster. Without either, ``WATCH_NAMESPACE``
   (comma-separated, the usual downward-API convention) decides, and only when that is unset
   too does the operator watch everything, saying so in its first log line.
-- **Liveness**: ``--liveness http://0.0.0.0:8080/healthz`` (the default) is kopf's probe
-  endpoint; it answers only while the operator's watch streams are alive.
-- **Events**: posted by the operator's own client (``kube/events.py``) for condition
-  transitions (Warning when a condition turns False), for applied/restored/recreated/pruned
-  children and for rejected specs. kopf's Event posting is off: it would turn handler log
-  lines into Events, one every resync per collector.
-- **Finalizers**: none. Children are owned (controller references) and the garbage collector
-  deletes them; the periodic resync is our own loop, not ``@kopf.timer``, because kopf puts a
-  finalizer on every object that has a timer and collectors must stay deletable while the
-  operator is down.
-- **More than one replica**: the default is ``--standalone``, for the chart's single replica.
-  With ``--peering NAME`` replicas use kopf peering (the KopfPeering CRDs ship in the chart's
-  ``crds/``): the replica with the highest ``--priority`` works, the others pause until its
-  heartbeat stops, so there is one writer at a time. The operator creates the peering object
-  before kopf starts (``kube/peering.py``): a replica started before it existed would work as
-  if alone. Give replicas distinct priorities (the default derives one from the pod name) —
-  kopf does not pause on ties.
-- **Persistence**: kopf's bookkeeping goes to annotations under our own group, not to
-  ``status``, which belongs to the status funnel alone.
+- **What kopf does**: it logs in, watches the custom resources and hands every event to the
+  machinery (``handlers/``), and serves ``--liveness`` (default ``http://0.0.0.0:8080/healthz``),
+  which answers only while its watch streams are alive. It writes nothing: no finalizers (children
+  are owned and the garbage collector deletes them, so collectors stay deletable while the operator
+  is down), no annotations, and its Event posting is off (the machinery posts condition
+  transitions and child changes itself). It does not scan the cluster's namespaces and CRDs
+  (``settings.scanning.disabled``): the CRDs must exist when the operator starts, as the chart
+  ensures.
+- **One writer**: ``--leader-election NAME`` holds the coordination.k8s.io Lease NAME in
+  ``--leader-election-namespace`` (default: ``POD_NAMESPACE``); only the holder writes, a standby
+  takes over within the lease duration after the holder stops renewing, and a holder that cannot
+  renew stops writing before a standby may start (``kube/lease.py``). The chart turns it on with
+  more than one replica (then a rolling update's old and new pods never both write either); a
+  single replica it replaces rather than overlaps (``strategy: Recreate``), and it runs without
+  the Lease's renewals. Without the flag the operator writes alone (one replica, tests, ``make dev``).
+- **Metrics**: ``--metrics HOST:PORT`` (default ``0.0.0.0:8081``, empty to disable) serves
+  ``/metrics`` (``observatory_operator.metrics``).
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import hashlib
-import logging
-import os
 import sys
-from collections.abc import Sequence
-from typing import Any
 
-import kopf
+# kopf imports the kubernetes client when it is installed (to recognise its model objects, which
+# this operator never hands it), and the whole client costs ~9 MB of RSS. The operator speaks
+# to the API server through its own client, so it makes the package absent for this process:
+# kopf then runs without it, as it documents it can. (Left alone when something already
+# imported it, such as a test process.) tests/unit/operator/test_cli.py fails when this stops
+# keeping the client out.
+sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]
 
-from observatory_operator import __version__
-from observatory_operator.api.models import GROUP
-from observatory_operator.handlers import collector
-from observatory_operator.handlers.runtime import Runtime
-from observatory_operator.kube import peering
-from observatory_operator.kube.client import Kube
-from observatory_operator.settings import AgentDefaults, ReconcileSettings, Settings
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import contextlib  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import socket  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+from typing import Any  # noqa: E402
+
+import kopf  # noqa: E402
+
+from observatory_agent.cli import limit_malloc_arenas  # noqa: E402
+from observatory_operator import __version__, metrics  # noqa: E402
+from observatory_operator.controller.cache import Cache  # noqa: E402
+from observatory_operator.controller.machinery import Controller, Machinery  # noqa: E402
+from observatory_operator.handlers import collector  # noqa: E402
+from observatory_operator.kube import client  # noqa: E402
+from observatory_operator.kube.lease import LeaderElector  # noqa: E402
+from observatory_operator.kube.probe import Prober  # noqa: E402
+from observatory_operator.manifests import names  # noqa: E402
+from observatory_operator.settings import AgentDefaults, ReconcileSettings, Settings  # noqa: E402
+
+log = logging.getLogger("observatory_operator")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -56,8 +69,18 @@ def _parser() -> argparse.ArgumentParser:
     scope.add_argument("-n", "--namespace", action="append", help="Watch this namespace (repeatable).")
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="Watch every namespace.")
     p.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="kopf liveness endpoint URL.")
-    p.add_argument("--peering", metavar="NAME", help="Use kopf peering under NAME (for more than one replica).")
-    p.add_argument("--priority", type=int, help="Peering priority; default derived from POD_NAME/HOSTNAME.")
+    p.add_argument("--metrics", default="0.0.0.0:8081", help="HOST:PORT of /metrics; empty: none.")
+    p.add_argument("--leader-election", metavar="LEASE", help="Hold this Lease to write (for more than one replica).")
+    p.add_argument(
+        "--leader-election-namespace",
+        default=os.environ.get("POD_NAMESPACE"),
+        help="Namespace of the Lease (default: $POD_NAMESPACE).",
+    )
+    p.add_argument(
+        "--identity",
+        default=os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}",
+        help="This replica's name in the Lease (default: $POD_NAME).",
+    )
     p.add_argument(
         "--agent-image",
         default=os.environ.get("OBSERVATORY_AGENT_IMAGE", AgentDefaults.image),
@@ -67,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
         "--resync-seconds",
         type=float,
         default=float(os.environ.get("OBSERVATORY_RESYNC_SECONDS", ReconcileSettings.resync_seconds)),
-        help="Status refresh and drift-restore period.",
+        help="Status refresh period (children changes are acted on at once, through watches).",
     )
     p.add_argument(
         "--servicemonitor-label",
@@ -94,42 +117,100 @@ def _labels_from_env(text: str) -> list[tuple[str, str]]:
     return [_label(item) for item in text.split(",") if item.strip()]
 
 
-def _default_priority() -> int:
-    """Distinct per pod (kopf does not pause replicas of equal priority), stable across restarts of the same pod."""
-    ident = os.environ.get("POD_NAME") or os.environ.get("HOSTNAME") or str(os.getpid())
-    return int(hashlib.sha256(ident.encode()).hexdigest()[:6], 16) % 10_000 + 1
-
-
-def build_registry(settings: Settings, *, peering: str | None, all_namespaces: bool) -> kopf.OperatorRegistry:
+def build_registry(machinery: Machinery, *, elector: LeaderElector | None) -> kopf.OperatorRegistry:
     """The handlers this operator runs, in a registry of its own (not kopf's import-time global one)."""
     registry = kopf.OperatorRegistry()
+    tasks: list[asyncio.Task[None]] = []
 
     @kopf.on.login(id="login", registry=registry)
-    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        # The same configuration the operator's own client loads: in-cluster, else KUBECONFIG.
-        info: kopf.ConnectionInfo | None = kopf.login_via_client(**kwargs)
-        return info
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        # The same credentials the operator's own client uses: in-cluster, else KUBECONFIG.
+        return client.login()
 
-    @kopf.on.startup(id="configure", registry=registry)
-    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    @kopf.on.startup(id="start", registry=registry)
+    async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.posting.enabled = False
-        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-            prefix=GROUP, key="last-handled-configuration"
-        )
-        settings.peering.clusterwide = all_namespaces
-        settings.peering.mandatory = peering is not None
-        settings.execution.max_workers = 16  # threads for sync handlers; ours are async, so few suffice
+        # Serve the given namespaces and the CRDs present at start (the chart installs them first):
+        # no list/watch of every Namespace and CRD in the cluster, and no RBAC for it.
+        settings.scanning.disabled = True
+        settings.execution.max_workers = 2  # only the (synchronous) login runs in a thread
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
+        if elector is None:
+            machinery.leading.set()
+            metrics.LEADER.set(1)
+        else:
+            machinery.leading = elector.leading
+            machinery.kube.fence = elector.fence
+            tasks.append(asyncio.create_task(elector.run(), name="leader election"))
+        machinery.start()
 
-    collector.register(registry)
+    @kopf.on.cleanup(id="stop", registry=registry)
+    async def stop(**_: Any) -> None:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task  # releases the Lease, so a standby takes over at once
+        await machinery.stop()
+
+    collector.register(registry, machinery.controller(collector.COLLECTORS.kind))
     return registry
+
+
+async def _operate(args: argparse.Namespace, settings: Settings) -> int:
+    kube = client.Kube(
+        field_manager=settings.field_manager, user_agent=f"{settings.field_manager}/{__version__} ({args.identity})"
+    )
+    cache = Cache(kube, args.namespace)
+    machinery = Machinery(kube, cache)
+    prober = Prober(
+        timeout_seconds=settings.reconcile.probe_timeout_seconds, body_limit=settings.reconcile.probe_body_limit_bytes
+    )
+    machinery.add(
+        Controller(
+            collector.kind(settings, prober),
+            kube=kube,
+            cache=cache,
+            settings=settings.reconcile,
+            annotation=names.INPUT_HASH_ANNOTATION,
+        )
+    )
+    stopped = asyncio.Event()
+    lost = False
+
+    def lost_lease() -> None:
+        nonlocal lost
+        lost = True
+        stopped.set()
+
+    elector = None
+    if args.leader_election:
+        elector = LeaderElector(
+            kube,
+            namespace=args.leader_election_namespace,
+            name=args.leader_election,
+            identity=args.identity,
+            settings=settings.leader,
+            on_lost=lost_lease,
+        )
+    try:
+        await kopf.operator(
+            registry=build_registry(machinery, elector=elector),
+            clusterwide=args.all_namespaces,
+            namespaces=args.namespace or (),
+            standalone=True,  # one writer is the Lease's job, not kopf peering's
+            liveness_endpoint=args.liveness or None,
+            stop_flag=stopped,
+        )
+    finally:
+        await prober.close()
+    return 1 if lost else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns the process exit code."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     kopf.configure(
         verbose=args.verbose,
         log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.PLAIN,
@@ -138,9 +219,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         watch = [ns.strip() for ns in os.environ.get("WATCH_NAMESPACE", "").split(",") if ns.strip()]
         args.namespace = watch or None
         args.all_namespaces = not watch
+    if args.leader_election and not args.leader_election_namespace:
+        parser.error("--leader-election needs --leader-election-namespace (or POD_NAMESPACE)")
     if not args.verbose:
-        # kopf logs a line per handler per watch event ("Handler 'remember' succeeded"): with many
-        # collectors that drowns the operator's own lines, which say what changed and why.
+        # kopf logs a line per handler per watch event: with many collectors that drowns the
+        # operator's own lines, which say what changed and why.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
         # kopf's liveness endpoint logs every kubelet probe as an access line: noise, every few seconds.
         logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
@@ -149,32 +232,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         reconcile=ReconcileSettings(resync_seconds=args.resync_seconds),
         service_monitor_labels=dict(args.servicemonitor_label),
     )
-    kube = Kube.from_environment(field_manager=settings.field_manager)
-    runtime = Runtime(kube=kube, settings=settings)
-    registry = build_registry(settings, peering=args.peering, all_namespaces=args.all_namespaces)
-    if args.peering:
-        peering.ensure_peering(
-            kube, args.peering, namespaces=args.namespace or (), clusterwide=bool(args.all_namespaces)
-        )
-    logging.getLogger("observatory_operator").info(
-        "starting %s, namespaces=%s", __version__, "ALL" if args.all_namespaces else ",".join(args.namespace)
+    # One malloc arena (the agent's reasoning: the GIL serialises allocations anyway; each extra
+    # arena keeps freed memory resident). Before any thread starts, metrics' server thread included.
+    limit_malloc_arenas()
+    if args.metrics:
+        metrics.serve(args.metrics)
+    log.info(
+        "starting %s as %s, namespaces=%s, leader election=%s",
+        __version__,
+        args.identity,
+        "ALL" if args.all_namespaces else ",".join(args.namespace),
+        args.leader_election or "off",
     )
     try:
-        asyncio.run(
-            kopf.operator(
-                registry=registry,
-                memo=kopf.Memo(runtime=runtime),
-                clusterwide=args.all_namespaces,
-                namespaces=args.namespace or (),
-                standalone=args.peering is None,
-                peering_name=args.peering,
-                priority=args.priority if args.priority is not None else _default_priority(),
-                liveness_endpoint=args.liveness or None,
-            )
-        )
+        return asyncio.run(_operate(args, settings))
     except KeyboardInterrupt:
         return 130
-    return 0
 
 
 if __name__ == "__main__":

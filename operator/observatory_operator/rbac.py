@@ -1,8 +1,18 @@
-"""The exact RBAC rules the operator needs, as data for the Helm chart (no wildcard verbs or resources).
+"""The exact RBAC rules the operator needs, as data for the Helm chart: every verb it sends, and no other.
 
-``python -m observatory_operator.rbac [--namespaced]`` prints the ClusterRole (and, with
+``python -m observatory_operator.rbac [--namespaced NS]`` prints the ClusterRole (and, with
 ``--namespaced``, the per-namespace Role) as YAML with each rule's reason as a comment. Every
-rule says why it exists; a verb nobody can explain is a verb to remove.
+rule says why it exists; ``tests/integration/operator/test_least_privilege.py`` replays the API
+server's audit log of a full run and fails on any granted verb the operator never sent.
+
+What the operator does *not* get, on purpose:
+
+- **Secrets: nothing.** It never reads the InfluxDB token; a missing token Secret is reported from
+  what the agent pods show (their waiting state, the kubelet's FailedMount Events).
+- **update** on anything but its own Lease (server-side apply is ``patch``; a create through apply
+  also needs ``create``); no ``patch`` on Events; reads come from watches (``get`` only by name before
+  creating a child).
+- Cluster-scoped reads beyond Nodes (label/taint coverage in status).
 """
 
 from __future__ import annotations
@@ -17,9 +27,13 @@ import yaml
 
 from observatory_operator.api.models import GROUP
 
-READ: Final = ("get", "list", "watch")
-OWN: Final = ("get", "list", "watch", "create", "patch", "update", "delete")
-"""Children: server-side apply is create-or-patch; pruning and selector changes delete."""
+WATCH: Final = ("list", "watch")
+"""Served from watches: a list to start (and after a 410), then a watch."""
+OWN: Final = ("list", "watch", "get", "create", "patch", "delete")
+"""Children: watched (and one read by name before creating, to see a namesake without our labels); server-side
+apply is a patch (and a create the first time); pruning and recreation delete."""
+LEASE_PLACEHOLDER: Final = "__LEASE__"
+"""Stands for the Lease's name in the rendered rules; the chart puts its lease name there."""
 
 
 @dataclass(frozen=True)
@@ -30,52 +44,60 @@ class Rule:
     resources: tuple[str, ...]
     verbs: tuple[str, ...]
     why: str
+    names: tuple[str, ...] = ()
+    """resourceNames, when the rule may only touch named objects."""
 
     def as_k8s(self) -> dict[str, Any]:
-        return {"apiGroups": list(self.groups), "resources": list(self.resources), "verbs": list(self.verbs)}
+        out: dict[str, Any] = {"apiGroups": list(self.groups), "resources": list(self.resources)}
+        if self.names:
+            out["resourceNames"] = list(self.names)
+        out["verbs"] = list(self.verbs)
+        return out
 
 
 CLUSTER_RULES: Final = (
-    Rule(("",), ("nodes",), READ, "status: which nodes an agent should cover and why a node is not covered"),
-    Rule(
-        ("apiextensions.k8s.io",),
-        ("customresourcedefinitions",),
-        READ,
-        "kopf checks the watched CRDs; the operator checks whether the ServiceMonitor CRD exists",
-    ),
-    Rule(("",), ("namespaces",), READ, "kopf follows namespaces when it watches all of them"),
-    Rule(
-        ("kopf.dev",),
-        ("clusterkopfpeerings",),
-        ("get", "list", "watch", "patch", "create"),
-        "only with --peering and --all-namespaces: one active replica at a time; created before kopf starts",
-    ),
+    Rule(("",), ("nodes",), WATCH, "status: which nodes an agent should cover, and why a node is not covered"),
 )
 """Cluster-scoped resources: always in a ClusterRole."""
 
 NAMESPACED_RULES: Final = (
-    Rule((GROUP,), ("observatorycollectors", "aggregationrules"), (*READ, "patch"), "watch; kopf's annotations"),
-    Rule((GROUP,), ("observatorycollectors/status", "aggregationrules/status"), ("get", "patch"), "status funnel"),
+    Rule(
+        (GROUP,),
+        ("observatorycollectors",),
+        (*WATCH, "get"),
+        "kopf watches the collectors; one read before creating children, so a missed deletion creates none",
+    ),
+    Rule((GROUP,), ("observatorycollectors/status",), ("patch",), "the status funnel (a merge patch)"),
     Rule(("apps",), ("daemonsets",), OWN, "one agent DaemonSet per collector"),
-    Rule(("",), ("configmaps",), OWN, "the rendered agent.json; reading the shared-config ConfigMap"),
+    Rule(("",), ("configmaps",), OWN, "the rendered agent.json; watching the shared-config ConfigMap a spec names"),
     Rule(("",), ("services",), OWN, "the agents' headless metrics Service"),
-    Rule(("",), ("pods",), READ, "status: agent pods' readiness, and their IPs for the /status probes"),
+    Rule(("",), ("pods",), WATCH, "status: agent pods' readiness and why they wait, and their IPs for /status"),
     Rule(
         ("",),
-        ("secrets",),
-        ("get",),
-        "that the token Secret exists, read as PartialObjectMetadata: the operator never needs the token",
+        ("events",),
+        ("list", "watch", "create"),
+        "Events on collectors; reading Warnings about agent pods (FailedCreate, FailedMount) into status",
     ),
-    Rule(("",), ("events",), ("create", "patch"), "Events on collectors"),
-    Rule(("monitoring.coreos.com",), ("servicemonitors",), OWN, "a ServiceMonitor when prometheus-operator is there"),
     Rule(
-        ("kopf.dev",),
-        ("kopfpeerings",),
-        ("get", "list", "watch", "patch", "create"),
-        "only with --peering, per namespace; created before kopf starts",
+        ("monitoring.coreos.com",),
+        ("servicemonitors",),
+        OWN,
+        "a ServiceMonitor per collector where prometheus-operator's CRD is installed",
     ),
 )
 """Namespaced resources: in the ClusterRole with --all-namespaces, else in a Role per watched namespace."""
+
+LEADER_RULES: Final = (
+    Rule(("coordination.k8s.io",), ("leases",), ("create",), "leader election: the Lease, the first time"),
+    Rule(
+        ("coordination.k8s.io",),
+        ("leases",),
+        ("get", "update"),
+        "leader election: read and renew (or take over) its own Lease, nothing else",
+        names=(LEASE_PLACEHOLDER,),
+    ),
+)
+"""In the operator's own namespace only (a Role): one writer at a time."""
 
 
 def cluster_role(name: str, *, all_namespaces: bool) -> dict[str, Any]:
@@ -89,13 +111,17 @@ def cluster_role(name: str, *, all_namespaces: bool) -> dict[str, Any]:
     }
 
 
-def role(name: str, namespace: str) -> dict[str, Any]:
-    """A Role for one watched namespace when the operator does not watch all of them."""
+def role(name: str, namespace: str, rules: Sequence[Rule] = NAMESPACED_RULES, *, lease: str = "") -> dict[str, Any]:
+    """A Role in one namespace: the namespaced rules for a watched namespace, or LEADER_RULES with ``lease``."""
+    rendered = [r.as_k8s() for r in rules]
+    for rule in rendered:
+        if rule.get("resourceNames") == [LEASE_PLACEHOLDER]:
+            rule["resourceNames"] = [lease]
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
         "metadata": {"name": name, "namespace": namespace},
-        "rules": [r.as_k8s() for r in NAMESPACED_RULES],
+        "rules": rendered,
     }
 
 
@@ -103,9 +129,9 @@ def render(obj: dict[str, Any], rules: Sequence[Rule]) -> str:
     """YAML of a Role/ClusterRole with each rule's reason as a comment above it."""
     head = yaml.safe_dump({k: v for k, v in obj.items() if k != "rules"}, sort_keys=False)
     lines = [head.rstrip(), "rules:"]
-    for rule in rules:
+    for rule, rendered in zip(rules, obj["rules"], strict=True):
         lines.append(f"  # {rule.why}")
-        body = yaml.safe_dump([rule.as_k8s()], sort_keys=False, default_flow_style=None).rstrip()
+        body = yaml.safe_dump([rendered], sort_keys=False, default_flow_style=None).rstrip()
         lines.extend(f"  {line}" for line in body.splitlines())
     return "\n".join(lines) + "\n"
 

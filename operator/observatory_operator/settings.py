@@ -41,6 +41,24 @@ class ReconcileSettings:
     """Retries never wait longer than this, so a fixed Secret is picked up within five minutes."""
     probe_timeout_seconds: float = 2.0
     """Per-agent /status request timeout; a slow agent must not stall the status of the others."""
+    probe_body_limit_bytes: int = 64 * 1024
+    """An agent's /status answer is a few hundred bytes; anything past this is refused unread."""
+    workers: int = 8
+    """Rounds running at once (one per key at most): bounds concurrent agent probes and API writes."""
+    poke_delay_seconds: float = 1.0
+    """A child or pod change waits this long before its owner's round, so a rollout's burst of events is one round."""
+
+
+@dataclass(frozen=True)
+class LeaderSettings:
+    """Leader election on a coordination.k8s.io Lease: one replica writes, the others wait (client-go's defaults)."""
+
+    lease_seconds: float = 15.0
+    """A standby takes over this long after it last saw the leader renew: the failover time after a SIGKILL."""
+    renew_deadline_seconds: float = 10.0
+    """The leader stops writing when it could not renew for this long, well before a standby may take over."""
+    retry_seconds: float = 5.0
+    """How often the leader renews (one update) and a standby checks the Lease (one read): 12 requests a minute."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +67,7 @@ class Settings:
 
     agent: AgentDefaults = field(default_factory=AgentDefaults)
     reconcile: ReconcileSettings = field(default_factory=ReconcileSettings)
+    leader: LeaderSettings = field(default_factory=LeaderSettings)
     field_manager: str = FIELD_MANAGER
     """The single server-side-apply field manager: one owner for every field the operator sets."""
     service_monitor_labels: dict[str, str] = field(default_factory=dict)

@@ -28,7 +28,7 @@ from tests.env import images
 from tests.env.controlplane import ControlPlane
 from tests.env.fixtures import REAL, Nodes, wait_until
 from tests.env.influx import InfluxDB
-from tests.env.kube import PSA_AGENTS, PSA_OPERATOR, ApiError, Obj
+from tests.env.kube import AGENTS_NAMESPACE_LABELS, PSA_OPERATOR, ApiError, Obj
 from tests.env.nodesim import REPO
 
 pytestmark = pytest.mark.integration
@@ -284,23 +284,22 @@ def install_collect_uninstall(
             args = pods[0]["spec"]["containers"][0]["args"]
             expected = [f"--namespace={ns}" for ns in watch_namespaces] or ["--all-namespaces"]
             assert [a for a in args if a.startswith(("--namespace", "--all-namespaces"))] == expected, args
-            assert any(a.startswith("--peering") for a in args) == (replicas > 1), args
+            # More than one replica: leader election, the Lease names the one that writes; one replica
+            # is replaced rather than overlapped on upgrade.
+            deploy = control_plane.kube.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/{deployment}")
+            strategy = deploy["spec"]["strategy"]["type"]
+            assert (f"--leader-election={release}-operator" in args, strategy) == (
+                (True, "RollingUpdate") if replicas > 1 else (False, "Recreate")
+            ), args
             if replicas > 1:
-                # The operator created its KopfPeering (in the namespace it watches) before kopf started;
-                # every replica's keep-alive lands in it.
-                peering_ns = watch_namespaces[0] if watch_namespaces else namespace
-                peering = f"/apis/kopf.dev/v1/namespaces/{peering_ns}/kopfpeerings/{release}"
+                lease = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{release}-operator"
 
-                def all_peers() -> dict[str, Any] | None:
-                    status: dict[str, Any] = control_plane.kube.get(peering).get("status") or {}
-                    return status if len(status) == replicas else None
+                def holder() -> str | None:
+                    spec: dict[str, Any] = control_plane.kube.get(lease).get("spec") or {}
+                    return spec.get("holderIdentity") or None
 
-                peers = wait_until(
-                    all_peers,
-                    timeout=WAIT,
-                    what=f"{replicas} peers in KopfPeering {release}",
-                )
-                assert len({peer["priority"] for peer in peers.values()}) == replicas, peers
+                leader = wait_until(holder, timeout=WAIT, what=f"a holder of Lease {release}-operator")
+                assert leader in {p["metadata"]["name"] for p in pods}, leader
             step(f"operator Available ({replicas} replica{'s' if replicas > 1 else ''})")
 
             target = influxdb
@@ -400,7 +399,7 @@ def bundled(control_plane: ControlPlane, namespace: str, release: str, token: st
 @pytest.fixture
 def agents_namespace(namespaces: Any) -> str:
     """Where the collector and its agents go: `privileged` (hostPath /proc, /sys, /), warning at baseline."""
-    return str(namespaces("agents", PSA_AGENTS))
+    return str(namespaces("agents", AGENTS_NAMESPACE_LABELS))
 
 
 @pytest.fixture
@@ -446,7 +445,7 @@ def test_install_collect_uninstall_watching_all_namespaces(
     )
 
 
-def test_install_collect_uninstall_with_peering_replicas(
+def test_install_collect_uninstall_with_standby_replicas(
     control_plane: ControlPlane,
     nodes: Nodes,
     influxdb: InfluxDB,
@@ -455,7 +454,7 @@ def test_install_collect_uninstall_with_peering_replicas(
     helm_cli: Helm,
     bed_root: Path,
 ) -> None:
-    """Two replicas: kopf peering (the chart's KopfPeering and its RBAC) keeps one writer, and the flow still works."""
+    """Two replicas: the Lease (and the chart's leader-election Role) keeps one writer, and the flow still works."""
     install_collect_uninstall(
         control_plane, nodes, influxdb, operator_namespace, agents_namespace, helm_cli, bed_root,
         watch_namespaces=[agents_namespace], replicas=2,

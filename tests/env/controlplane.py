@@ -31,6 +31,18 @@ from tests.env.kube import Kube
 from tests.env.procs import Process, free_port, wait_for
 
 SERVICE_CIDR = "10.96.0.0/16"
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [
+        # The bed itself (tests, controllers, simulated nodes) is the admin: not what tests audit.
+        {"level": "None", "users": ["admin"]},
+        # Everyone else (operators under their ServiceAccounts, pods): who sent which verb, and the answer.
+        {"level": "Metadata"},
+    ],
+}
+"""The API server's audit policy: tests replay ``ControlPlane.audit_log`` to see what an operator really sent."""
 ISSUER = "https://kubernetes.default.svc.cluster.local"
 
 
@@ -140,6 +152,8 @@ class ControlPlane:
         self.logs_dir = logs_dir or self.root / "logs"
         self.kubeconfig = self.root / "kubeconfig"
         self.pki = self.root / "pki"
+        self.audit_log = self.logs_dir / "audit.log"
+        """JSON lines, one per request stage, of every user but the bed's admin (``AUDIT_POLICY``)."""
         self.token = secrets.token_hex(16)
         self.server = ""
         self.processes: list[Process] = []
@@ -184,6 +198,8 @@ class ControlPlane:
         self._launch(etcd)
         tokens = self.root / "tokens.csv"
         tokens.write_text(f'{self.token},admin,admin-uid,"system:masters"\n')
+        audit_policy = self.root / "audit-policy.yaml"
+        audit_policy.write_text(yaml.safe_dump(AUDIT_POLICY))
         self.server = f"https://{self.address}:{api_port}"
         apiserver = Process(
             "kube-apiserver",
@@ -210,6 +226,10 @@ class ControlPlane:
                 # One client, a handful of objects: fairness queues only cost start-up time.
                 "--enable-priority-and-fairness=false",
                 "--profiling=false",
+                f"--audit-policy-file={audit_policy}",
+                f"--audit-log-path={self.audit_log}",
+                "--audit-log-format=json",
+                "--audit-log-maxsize=0",  # one file for the whole session: tests replay all of it
                 "--v=1",
             ],
             log=self.logs_dir / "kube-apiserver.log",

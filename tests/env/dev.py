@@ -40,7 +40,7 @@ import yaml
 from tests.env import build, realnodes
 from tests.env.controlplane import ControlPlane
 from tests.env.influx import InfluxDB
-from tests.env.kube import PSA_AGENTS, PSA_OPERATOR, ApiError, Kube
+from tests.env.kube import AGENTS_NAMESPACE_LABELS, PSA_OPERATOR, ApiError, Kube
 from tests.env.nodesim import REPO, VENV_BIN, NodeSimulator, default_nodes
 from tests.env.procs import Process, free_port, wait_for
 
@@ -169,8 +169,9 @@ def start_local_operator(kubeconfig: Path, logs: Path) -> Process | None:
         print("  operator: not installed in .venv (skipped)", flush=True)
         return None
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1"}
-    # Liveness on loopback and a free port: a wildcard :8080 would clash with whatever else listens.
+    # Liveness and metrics on loopback and free ports: a wildcard :8080 would clash with whatever else listens.
     argv = [str(exe), "--all-namespaces", "--liveness", f"http://127.0.0.1:{free_port()}/healthz"]
+    argv += ["--metrics", f"127.0.0.1:{free_port()}"]
     proc = Process("observatory-operator", argv, log=logs / "operator.log", env=env, cwd=REPO)
     proc.start()
     time.sleep(3)  # an operator that cannot start exits at once
@@ -277,7 +278,7 @@ def install_product(bed: Bed, mode: str, operator: str) -> None:
     crds = install_crds(kube, REPO / "crds")
     print(f"✓ CRDs installed: {', '.join(crds) or 'none in crds/'}", flush=True)
     ensure_namespace(kube, OPERATOR_NAMESPACE, PSA_OPERATOR)
-    ensure_namespace(kube, AGENTS_NAMESPACE, PSA_AGENTS)
+    ensure_namespace(kube, AGENTS_NAMESPACE, AGENTS_NAMESPACE_LABELS)
     print(f"✓ namespaces {OPERATOR_NAMESPACE} (restricted) and {AGENTS_NAMESPACE} (privileged, warn baseline)")
     kube.apply(
         {

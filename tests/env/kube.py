@@ -40,6 +40,10 @@ PSA_AGENTS: dict[str, str] = {
 """Pod Security labels of the agents' namespace: agents mount the host's /proc, /sys and / (hostPath) and may
 use the host's network and PID namespaces, which only `privileged` admits; `warn: baseline` still names
 every other pod there that asks for more than baseline."""
+COLLECTORS_ALLOWED: dict[str, str] = {"observatory.happypatterns.org/collectors": "allowed"}
+"""The label the chart's admission policy accepts as "collectors may live here" (besides its values)."""
+AGENTS_NAMESPACE_LABELS: dict[str, str] = {**PSA_AGENTS, **COLLECTORS_ALLOWED}
+"""Every label a namespace holding collectors gets (as the README tells users)."""
 
 
 class ApiError(Exception):

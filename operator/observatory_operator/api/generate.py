@@ -39,14 +39,13 @@ def chart_files() -> dict[str, str]:
     return {
         "cluster-rules.yaml": _rules_yaml(rbac.CLUSTER_RULES),
         "namespaced-rules.yaml": _rules_yaml(rbac.NAMESPACED_RULES),
+        "leader-rules.yaml": _rules_yaml(rbac.LEADER_RULES),
     }
 
 
 def _all_files() -> dict[Path, str]:
     out = {target / name: text for target in TARGETS for name, text in rendered().items()}
     out.update({CHART_FILES / name: text for name, text in chart_files().items()})
-    peering = HEADER + "".join("---\n" + yaml.safe_dump(c, sort_keys=False) for c in schema.kopf_peering_crds())
-    out[TARGETS[1] / "kopf-peering.yaml"] = peering
     return out
 
 

@@ -451,7 +451,16 @@ class ObservatoryCollectorStatus(_Status):
     last_write: datetime | None = Field(default=None, description="The newest successful write of any agent.")
     buffered_points: int | None = Field(default=None, description="Points waiting in agents' on-disk buffers.")
     uncovered_nodes: list[UncoveredNode] | None = Field(
-        default=None, description="Nodes without a ready agent, each with a reason."
+        default=None,
+        description=(
+            "Nodes without a ready agent, each with a reason: at most 10, the ones to act on first "
+            "(failing, pending, not tolerated before selector or affinity mismatches); uncoveredNodeCounts counts all."
+        ),
+        max_length=10,
+    )
+    uncovered_node_counts: dict[str, int] | None = Field(
+        default=None,
+        description="Every node without a ready agent, counted by reason (e.g. SelectorMismatch: 4812).",
     )
     config_hash: str | None = Field(default=None, description="Hash of the rendered agent config and pod template.")
 

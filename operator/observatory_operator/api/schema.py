@@ -224,39 +224,3 @@ def all_crds() -> dict[str, dict[str, Any]]:
         "observatorycollectors.yaml": observatory_collector_crd(),
         "aggregationrules.yaml": aggregation_rule_crd(),
     }
-
-
-def kopf_peering_crds() -> list[dict[str, Any]]:
-    """kopf's peering resources, for running more than one operator replica (one active at a time)."""
-
-    def one(kind: str, plural: str, scope: str) -> dict[str, Any]:
-        return {
-            "apiVersion": "apiextensions.k8s.io/v1",
-            "kind": "CustomResourceDefinition",
-            "metadata": {"name": f"{plural}.kopf.dev"},
-            "spec": {
-                "group": "kopf.dev",
-                "scope": scope,
-                "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
-                "versions": [
-                    {
-                        "name": "v1",
-                        "served": True,
-                        "storage": True,
-                        "schema": {
-                            "openAPIV3Schema": {
-                                "type": "object",
-                                "properties": {
-                                    "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
-                                },
-                            }
-                        },
-                    }
-                ],
-            },
-        }
-
-    return [
-        one("ClusterKopfPeering", "clusterkopfpeerings", "Cluster"),
-        one("KopfPeering", "kopfpeerings", "Namespaced"),
-    ]

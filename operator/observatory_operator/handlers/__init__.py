@@ -1,1 +1,1 @@
-"""Thin kopf handlers: parse the resource, build, apply, observe, write status (the work is in build/ and kube/)."""
+"""Each kind's round (plan and status as functions for the controller machinery) and its thin kopf handler."""

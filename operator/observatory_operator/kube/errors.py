@@ -3,7 +3,9 @@
 ::
 
     KubeError                      every failed API call
-    ├── TemporaryError             409 Conflict, 429, 5xx, timeouts, refused connections: retry with backoff
+    ├── TemporaryError             429, 5xx, timeouts, refused connections: retry with backoff
+    │   ├── Conflict               409: another write raced ours, or a uid precondition found a namesake
+    │   └── NotLeader              this replica may not write (it lost or never held the Lease)
     └── PermanentError             4xx the same request will get again: a condition and a Warning Event
         ├── NotFound               404 (callers that expect absence catch this one)
         └── ImmutableField         422 naming an immutable field (a DaemonSet selector): recreate the object
@@ -36,6 +38,14 @@ class TemporaryError(KubeError):
         self.delay = delay
 
 
+class Conflict(TemporaryError):
+    """409: someone else's write raced ours (resourceVersion, a create race) or a uid precondition failed."""
+
+
+class NotLeader(TemporaryError):
+    """Raised before a write is sent by a replica that does not hold the Lease: nothing reached the API server."""
+
+
 class PermanentError(KubeError):
     """The same request will fail the same way: somebody has to change something."""
 
@@ -63,13 +73,14 @@ def from_response(status: int, body: str, headers: Any = None, *, what: str = ""
     message, reason = _message(body)
     text = f"{what}: {message}" if what else message
     if status in {409, 429} or status >= 500:
-        # 409: someone else's write raced ours (resourceVersion or a create race); 429: APF throttling.
+        # 429: API Priority and Fairness throttling; 5xx: the API server or etcd is struggling.
         delay = DEFAULT_RETRY_SECONDS
         retry_after = headers.get("Retry-After") if headers is not None else None
         if retry_after:
             with contextlib.suppress(ValueError):  # an HTTP-date Retry-After keeps the default
                 delay = max(float(retry_after), 1.0)
-        return TemporaryError(text, status=status, reason=reason, delay=delay)
+        kind = Conflict if status == 409 else TemporaryError
+        return kind(text, status=status, reason=reason, delay=delay)
     if status == 404:
         return NotFound(text, status=status, reason=reason)
     if status == 422 and "immutable" in message:

@@ -1,15 +1,14 @@
-"""Kubernetes Events on a collector, posted through our own client so every code path (resync loop included) can."""
+"""Kubernetes Events about the operator's objects, posted through its own client (kopf's posting is off)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from observatory_operator.kube import errors
-from observatory_operator.kube.client import Kube
+from observatory_operator.kube.client import EVENTS, Kube
 
 COMPONENT: Final = "happy-observatory-operator"
 
@@ -46,9 +45,9 @@ def event_body(obj: Mapping[str, Any], type_: str, reason: str, message: str, no
 async def post(kube: Kube, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
     """Post one Event; a failure to post is logged, never raised (an Event is never worth a failed round)."""
     body = event_body(obj, type_, reason, message, datetime.now(UTC))
-    path = f"/api/v1/namespaces/{obj['metadata']['namespace']}/events"
-    log.info("%s/%s: event %s %s: %s", obj["metadata"]["namespace"], obj["metadata"]["name"], type_, reason, message)
+    namespace = obj["metadata"]["namespace"]
+    log.info("%s/%s: event %s %s: %s", namespace, obj["metadata"]["name"], type_, reason, message)
     try:
-        await asyncio.to_thread(kube.request, "POST", path, body=body)
+        await kube.create(EVENTS.path(namespace), body)
     except errors.KubeError as exc:
         log.warning("could not post event %s on %s: %s", reason, obj["metadata"]["name"], exc.message)

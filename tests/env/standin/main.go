@@ -1,11 +1,18 @@
 // A stand-in for the agent in the operator's tests: a real container on a real node that
-// answers the kubelet's probes and nothing else, so operator behaviour (children, coverage,
-// READY, restores) is tested without depending on the agent's progress.
+// answers the kubelet's probes, so operator behaviour (children, coverage, READY, restores) is
+// tested without depending on the agent's progress.
 //
 // It is started exactly as the operator starts the agent (`observatory-agent run --config
-// FILE ...`): it reads the port from the agent config and binds POD_IP (or 0.0.0.0).
-// /healthz and /readyz answer 200; everything else 404, so the operator sees an agent that
-// does not report (no /status), the same as the simulator's status-only pods.
+// FILE ...`): it reads the port and its tags from the agent config and binds POD_IP.
+// /healthz and /readyz answer 200. /status depends on the collector's `standin` tag, so a test
+// can play a slow or a hostile agent on a real node:
+//
+//	(none)           404: an agent that does not report
+//	slow             a good answer after 1.5 s
+//	huge             a 20 MB body
+//	nan              NaN and Infinity where numbers go
+//	future           a last write in 2096
+//	enormous-number  1e400 and -1e400
 package main
 
 import (
@@ -14,40 +21,70 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
+	"time"
 )
 
-func port(args []string) int {
+type config struct {
+	Port int               `json:"port"`
+	Tags map[string]string `json:"tags"`
+}
+
+func load(args []string) config {
+	cfg := config{Port: 9464}
 	for i, a := range args {
 		if a == "--config" && i+1 < len(args) {
-			raw, err := os.ReadFile(args[i+1])
-			if err != nil {
-				return 9464
-			}
-			var cfg struct {
-				Port int `json:"port"`
-			}
-			if json.Unmarshal(raw, &cfg) == nil && cfg.Port > 0 {
-				return cfg.Port
+			if raw, err := os.ReadFile(args[i+1]); err == nil {
+				_ = json.Unmarshal(raw, &cfg)
 			}
 		}
 	}
-	return 9464
+	if cfg.Port <= 0 {
+		cfg.Port = 9464
+	}
+	return cfg
+}
+
+func status(mode string) http.HandlerFunc {
+	return func(w http.ResponseWriter, _ *http.Request) {
+		var body string
+		switch mode {
+		case "slow":
+			time.Sleep(1500 * time.Millisecond)
+			body = fmt.Sprintf(`{"last_successful_write": %d, "ready": true}`, time.Now().Unix())
+		case "huge":
+			body = `{"last_successful_write": ` + strings.Repeat("1", 20_000_000) + `}`
+		case "nan":
+			body = `{"last_successful_write": NaN, "buffered_points": Infinity, "ready": true}`
+		case "future":
+			body = `{"last_successful_write": 4000000000, "buffered_points": 5, "ready": true}`
+		case "enormous-number":
+			body = `{"last_successful_write": 1e400, "buffered_points": -1e400}`
+		default:
+			http.NotFound(w, nil)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(body))
+	}
 }
 
 func main() {
+	cfg := load(os.Args)
 	ok := func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") }
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", ok)
 	mux.HandleFunc("/readyz", ok)
-	addr := fmt.Sprintf("%s:%d", os.Getenv("POD_IP"), port(os.Args))
+	mux.HandleFunc("/status", status(cfg.Tags["standin"]))
+	addr := fmt.Sprintf("%s:%d", os.Getenv("POD_IP"), cfg.Port)
 	go func() {
 		if err := http.ListenAndServe(addr, mux); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}
 	}()
-	fmt.Println("stand-in agent listening on", addr)
+	fmt.Println("stand-in agent listening on", addr, "status mode", cfg.Tags["standin"])
 	stop := make(chan os.Signal, 1)
 	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
 	<-stop

@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from observatory_operator import status as st
 from observatory_operator.api.models import ObservatoryCollectorSpec
+from observatory_operator.reasons import Outcome, Verdict
+from observatory_operator.status import collector as st
 
 NOW = datetime(2026, 11, 30, 12, 0, 0, tzinfo=UTC)
 T = NOW.timestamp()
@@ -83,11 +84,15 @@ def compute(**kw: Any) -> st.Computed:
     observed = st.Observed(
         generation=kw.pop("generation", 3),
         spec=kw.pop("spec", spec()),
-        outcome=kw.pop("outcome", st.Outcome.applied()),
+        verdict=kw.pop("verdict", APPLIED),
         window_seconds=kw.pop("window", WINDOW),
         **kw,
     )
     return st.compute(observed, NOW)
+
+
+APPLIED = Verdict(Outcome.APPLIED, "Applied", "children are up to date")
+MISSING_CONFIG = Verdict(Outcome.BLOCKED, "SharedConfigNotFound", "ConfigMap org-defaults not found")
 
 
 def cond(result: st.Computed, type_: str) -> dict[str, Any]:
@@ -274,8 +279,8 @@ def test_prefer_no_schedule_taints_never_uncover_a_node() -> None:
         ("no DaemonSet yet", {}, "Pending", "0/0", "0/0", "Unknown"),
         ("no node selected", {"daemonset": ds(0, 0)}, "Pending", "0/0", "0/0", "Unknown"),
         (
-            "a missing Secret fails",
-            {"outcome": st.Outcome(ok=False, reason="SecretNotFound", message="Secret influxdb-auth not found")},
+            "a missing shared-config fails",
+            {"verdict": MISSING_CONFIG},
             "Failed", "0/0", "0/0", "Unknown",
         ),
         (
@@ -350,12 +355,11 @@ def test_conditions_carry_the_observed_generation() -> None:
 
 
 def test_failed_reconcile_names_the_cause() -> None:
-    outcome = st.Outcome(ok=False, reason="SecretNotFound", message="Secret influxdb-auth (key token) not found")
-    result = compute(outcome=outcome)
+    result = compute(verdict=MISSING_CONFIG)
     reconciled = cond(result, "Reconciled")
     assert reconciled["status"] == "False"
-    assert reconciled["reason"] == "SecretNotFound"
-    assert "influxdb-auth" in reconciled["message"]
+    assert reconciled["reason"] == "SharedConfigNotFound"
+    assert "org-defaults" in reconciled["message"]
 
 
 def test_paused_reconciled_condition_says_paused() -> None:
@@ -454,3 +458,163 @@ def test_one_agent_still_disabled_after_others_resumed_does_not_hide_a_broken_on
 def test_agent_report_reads_enabled() -> None:
     assert st.AgentReport.from_json({"enabled": False}).enabled is False
     assert st.AgentReport.from_json({}).enabled is True
+
+
+# --- big clusters, refused and stuck pods, hostile agents (issue 11) ----------------------------
+
+
+def test_uncovered_nodes_are_capped_most_actionable_first_and_all_counted() -> None:
+    many = [node(f"out-{i:04d}", {"pool": "batch"}) for i in range(5000)]
+    tainted = node("node-t", {"pool": "general"}, [GPU_TAINT])
+    result = compute(
+        spec=spec(nodeSelector={"pool": "general"}),
+        daemonset=ds(1, 1),
+        pods=[pod("a-1", "node-a")],
+        nodes=[node("node-a", {"pool": "general"}), tainted, *many],
+        reports={"a-1": wrote(5)},
+    )
+    listed = result.status["uncoveredNodes"]
+    assert len(listed) == st.MAX_UNCOVERED
+    assert listed[0] == {
+        "node": "node-t",
+        "reason": "NotTolerated",
+        "message": "taint dedicated=gpu:NoSchedule is not tolerated",
+    }
+    assert result.status["uncoveredNodeCounts"] == {"NotTolerated": 1, "SelectorMismatch": 5000}
+    assert len(str(result.status)) < 4000
+
+
+def test_failing_nodes_are_named_up_to_five_in_the_ready_message() -> None:
+    names = [f"n{i}" for i in range(8)]
+    pods = [pod(f"a-{n}", n, ready=False, waiting="CrashLoopBackOff", restarts=2) for n in names]
+    result = compute(daemonset=ds(8, 0), pods=pods, nodes=[node(n) for n in names])
+    message = cond(result, "Ready")["message"]
+    assert "n0 (" in message
+    assert "and 3 more" in message
+
+
+def _warning(reason: str, involved_uid: str, message: str, at: str = JUST_NOW) -> dict[str, Any]:
+    return {"reason": reason, "message": message, "involvedObject": {"uid": involved_uid}, "lastTimestamp": at}
+
+
+def test_pods_refused_by_pod_security_name_the_policy_and_what_to_do() -> None:
+    refused = ds(3, 0)
+    refused["metadata"]["uid"] = "ds-uid"
+    refused["status"]["currentNumberScheduled"] = 0
+    message = (
+        'Error creating: pods "nodes-agent-x" is forbidden: violates PodSecurity "baseline:latest": '
+        'hostPath volumes (volumes "host-proc", "host-sys", "host-root")'
+    )
+    result = compute(
+        daemonset=refused, nodes=NODES, namespace="team-a", warnings=[_warning("FailedCreate", "ds-uid", message)]
+    )
+    ready = cond(result, "Ready")
+    assert ready["status"] == "False"
+    assert ready["reason"] == "PodSecurityRefused"
+    assert 'violates PodSecurity "baseline:latest"' in ready["message"]
+    assert "pod-security.kubernetes.io/enforce=privileged" in ready["message"]
+    assert "team-a" in ready["message"]
+    assert result.status["phase"] == "Failed"
+    assert any(t.warning and t.reason == "PodSecurityRefused" for t in result.transitions)
+
+
+def test_a_fixed_namespace_stops_saying_pods_are_refused() -> None:
+    created = ds(2, 2)
+    created["metadata"]["uid"] = "ds-uid"
+    result = compute(
+        daemonset=created,
+        pods=TWO_READY,
+        nodes=NODES[:2],
+        reports=BOTH_WROTE,
+        warnings=[_warning("FailedCreate", "ds-uid", 'violates PodSecurity "baseline:latest"', at=LONG_AGO)],
+    )
+    assert cond(result, "Ready")["reason"] == "AllAgentsReady"
+
+
+def test_a_missing_token_secret_is_read_from_what_the_pods_show() -> None:
+    waiting = pod("a-1", "node-a", ready=False, waiting="ContainerCreating")
+    waiting["metadata"]["uid"] = "pod-uid"
+    events = [
+        _warning(
+            "FailedMount",
+            "pod-uid",
+            'MountVolume.SetUp failed for volume "influxdb-token" : secret "influxdb-auth" not found',
+        )
+    ]
+    collector = spec(influxdb={"tokenSecretRef": {"name": "influxdb-auth", "key": "token"}})
+    result = compute(
+        spec=collector, daemonset=ds(1, 0), pods=[waiting], nodes=[node("node-a")], warnings=events, namespace="team-a"
+    )
+    ready = cond(result, "Ready")
+    assert ready["reason"] == "SecretNotFound"
+    assert "Secret influxdb-auth (spec.influxdb.tokenSecretRef) not found in namespace team-a" in ready["message"]
+    assert result.status["phase"] == "Failed"
+    assert result.status["uncoveredNodes"][0]["reason"] == "PodFailing"
+
+
+def test_the_kubelets_waiting_message_also_names_a_missing_secret() -> None:
+    waiting = pod("a-1", "node-a", ready=False, waiting="ContainerCreating")
+    waiting["status"]["containerStatuses"][0]["state"]["waiting"]["message"] = 'secret "influxdb-auth" not found'
+    collector = spec(influxdb={"tokenSecretRef": {"name": "influxdb-auth", "key": "token"}})
+    result = compute(spec=collector, daemonset=ds(1, 0), pods=[waiting], nodes=[node("node-a")])
+    assert cond(result, "Ready")["reason"] == "SecretNotFound"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"last_successful_write": float("nan"), "buffered_points": float("inf")},
+        {"last_successful_write": 1e300, "buffered_points": -5},
+        {"last_successful_write": 10**400, "buffered_points": 10**400},
+        {"last_successful_write": True, "buffered_points": "7", "ready": "yes", "config_hash": "x" * 10_000},
+        {"last_successful_write": [], "buffered_points": {}, "enabled": None},
+    ],
+)
+def test_hostile_reports_parse_to_nothing_rather_than_raise(body: dict[str, Any]) -> None:
+    report = st.AgentReport.from_json(body)
+    assert report.last_successful_write is None
+    assert report.buffered_points == 0
+    assert report.ready is False
+    assert report.config_hash is None or len(report.config_hash) == 128
+    result = compute(daemonset=ds(1, 1), pods=[pod("a-1", "node-a")], nodes=[node("node-a")], reports={"a-1": report})
+    assert result.status["reportingAgents"] == 0
+
+
+def test_a_write_dated_in_the_future_does_not_count_as_reporting() -> None:
+    future = st.AgentReport(last_successful_write=T + 86_400, ready=True)
+    result = compute(daemonset=ds(1, 1), pods=[pod("a-1", "node-a")], nodes=[node("node-a")], reports={"a-1": future})
+    assert result.status["reportingAgents"] == 0
+    assert result.status["lastWrite"] is None
+    assert "in the future" in cond(result, "DataFlowing")["message"]
+
+
+def test_an_invalid_spec_is_failed_with_only_the_reconciled_condition() -> None:
+    verdict = Verdict(Outcome.INVALID, "InvalidSpec", "spec.window: must be a whole multiple of interval")
+    result = st.invalid(4, verdict, [{"type": "Ready", "status": "True"}], NOW)
+    assert result.status["phase"] == "Failed"
+    assert [c["reason"] for c in result.status["conditions"]] == ["InvalidSpec"]
+    assert result.transitions[0].warning
+
+
+def test_an_invalid_shared_config_is_announced_once() -> None:
+    problem = "ConfigMap org: observatory_collection_interval: bad"
+    first = st.shared_config_notice(problem, [])
+    assert first is not None
+    assert first.reason == "SharedConfigInvalid"
+    said = [{"type": "Reconciled", "message": f"children are up to date; shared-config is invalid: {problem}"}]
+    assert st.shared_config_notice(problem, said) is None
+    assert st.shared_config_notice(None, []) is None
+
+
+def test_a_false_condition_with_a_new_cause_is_announced_but_the_same_cause_is_not() -> None:
+    pending = [{"type": "Ready", "status": "False", "reason": "RolloutPending", "lastTransitionTime": LONG_AGO}]
+    refused = ds(1, 0)
+    refused["metadata"]["uid"] = "u"
+    refused["status"]["currentNumberScheduled"] = 0
+    warnings = [{"reason": "FailedCreate", "message": "quota exceeded", "involvedObject": {"uid": "u"}}]
+    first = compute(daemonset=refused, nodes=[node("node-a")], warnings=warnings, previous_conditions=pending)
+    assert [(t.type, t.reason) for t in first.transitions if t.type == "Ready"] == [("Ready", "PodsNotCreated")]
+    again = compute(
+        daemonset=refused, nodes=[node("node-a")], warnings=warnings, previous_conditions=first.status["conditions"]
+    )
+    assert not [t for t in again.transitions if t.type == "Ready"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -11,8 +12,9 @@ import pytest
 import yaml
 
 from observatory_agent.contract import AgentConfig
-from observatory_operator.api.models import ObservatoryCollector, ObservatoryCollectorSpec
-from observatory_operator.build import Owner, build_collector, names
+from observatory_operator.api.models import API_VERSION, ObservatoryCollector, ObservatoryCollectorSpec
+from observatory_operator.manifests import build_collector, names
+from observatory_operator.objects import Owner
 from observatory_operator.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -20,7 +22,13 @@ GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("OBSERVATORY_UPDATE_GOLDEN") == "1"
 """Run with OBSERVATORY_UPDATE_GOLDEN=1 to rewrite the golden files after an intended change."""
 
-OWNER = Owner(name="nodes", namespace="monitoring", uid="0b5f1a5e-0000-4000-8000-000000000001")
+OWNER = Owner(
+    name="nodes",
+    namespace="monitoring",
+    uid="0b5f1a5e-0000-4000-8000-000000000001",
+    kind="ObservatoryCollector",
+    api_version=API_VERSION,
+)
 
 
 class _Dumper(yaml.SafeDumper):
@@ -131,7 +139,7 @@ def test_hash_is_stable_for_equal_inputs() -> None:
 
 def test_hash_ignores_owner_uid_and_service_monitor() -> None:
     spec = CASES["example-collector"]
-    other = Owner(name=OWNER.name, namespace=OWNER.namespace, uid="another-uid")
+    other = dataclasses.replace(OWNER, uid="another-uid")
     assert _hash(spec) == _hash(spec, owner=other)
     assert (
         build_collector(OWNER, spec, Settings(), service_monitor=True).config_hash

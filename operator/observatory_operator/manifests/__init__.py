@@ -8,26 +8,13 @@ returns and prunes the rest.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from observatory_operator.api.models import API_VERSION, ObservatoryCollectorSpec
-from observatory_operator.build import agent, hashing, names
+from observatory_operator.api.models import ObservatoryCollectorSpec
+from observatory_operator.manifests import agent, hashing, names
+from observatory_operator.objects import Obj, Owner, owner_reference
 from observatory_operator.settings import Settings
 
-Obj = dict[str, Any]
-
-__all__ = ["Built", "Owner", "build_collector", "owner_reference"]
-
-
-@dataclass(frozen=True)
-class Owner:
-    """The custom resource that owns the children: passed explicitly, never read from a global."""
-
-    name: str
-    namespace: str
-    uid: str
-    kind: str = "ObservatoryCollector"
-    api_version: str = API_VERSION
+__all__ = ["Built", "build_collector"]
 
 
 @dataclass(frozen=True)
@@ -36,18 +23,6 @@ class Built:
 
     objects: list[Obj]
     config_hash: str
-
-
-def owner_reference(owner: Owner) -> Obj:
-    """A controller reference: the garbage collector deletes the child with its owner."""
-    return {
-        "apiVersion": owner.api_version,
-        "kind": owner.kind,
-        "name": owner.name,
-        "uid": owner.uid,
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
 
 
 def build_collector(
@@ -65,7 +40,7 @@ def build_collector(
         agent.daemonset(name, namespace, spec, template, config_hash=digest, labels=labels),
     ]
     if service_monitor:
-        objects.append(agent.servicemonitor(name, namespace, labels))
+        objects.append(agent.servicemonitor(name, namespace, {**labels, **settings.service_monitor_labels}))
     ref = owner_reference(owner)
     for obj in objects:
         obj["metadata"]["ownerReferences"] = [dict(ref)]

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Any
 
-
-def canonical_json(value: Any) -> str:
-    """Key-sorted, whitespace-free JSON: equal inputs give equal text whatever the dict order."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+from observatory_operator.objects import canonical_json
 
 
 def config_hash(rendered_agent_config: str, pod_template: dict[str, Any]) -> str:

@@ -1,45 +1,55 @@
-"""Pure status funnel: observed DaemonSet, pods, nodes and agents' /status answers plus the clock → collector status.
+"""The collector's pure status function: observed DaemonSet, pods, nodes, Events and agents' answers → status.
 
-Fetching lives in ``kube/``; this module only computes, so every rule is a table-driven test with a
-fixed clock. The rules, in the words a user reads in ``kubectl get``:
+Fetching lives elsewhere (the cache, the probe); this module only computes, so every rule is a
+table-driven test with a fixed clock. The rules, in the words a user reads in ``kubectl get``:
 
 - READY ``r/d``: agent pods that are ready out of the nodes the DaemonSet wants.
-- REPORTING ``n/d``: agents whose last successful InfluxDB write is within two windows of now.
-- uncoveredNodes: every node without a ready agent, with the reason (taint not tolerated,
-  selector or affinity mismatch, pod pending or failing).
+- REPORTING ``n/d``: agents whose last successful InfluxDB write is within two windows of now
+  (and not in the future: an agent's clock is not trusted past ``CLOCK_SKEW_SECONDS``).
+- uncoveredNodes: nodes without a ready agent with the reason (taint not tolerated, selector or
+  affinity mismatch, pod pending or failing), at most ``MAX_UNCOVERED`` of them, the ones to act
+  on first; ``uncoveredNodeCounts`` counts them all by reason, so status stays small on 5,000 nodes.
+- Pods the DaemonSet controller cannot create (its FailedCreate Events: Pod Security, quota) and
+  pods that cannot start for want of the token Secret (their waiting state and FailedMount Events)
+  are named in Ready, with what to do; the operator itself never reads Secrets.
 - Conditions Ready, Reconciled, DataFlowing keep their lastTransitionTime while their status holds.
 """
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from observatory_agent.contract import DEFAULT_WINDOW, ConfigError, SharedConfig, parse_duration
+from observatory_operator import reasons as r
 from observatory_operator.api.models import (
-    Condition,
     ConditionStatus,
     ObservatoryCollectorSpec,
     ObservatoryCollectorStatus,
     Phase,
     UncoveredNode,
 )
+from observatory_operator.reasons import Outcome, Verdict
+from observatory_operator.status.conditions import Computed, CondValue, Notice, parse_time, settle
 
 Obj = Mapping[str, Any]
 
-READY: Final = "Ready"
-RECONCILED: Final = "Reconciled"
-DATA_FLOWING: Final = "DataFlowing"
-COLLECTION_DISABLED: Final = "CollectionDisabled"
-"""DataFlowing's reason when agents write nothing on purpose: not a Degraded collector."""
+MAX_UNCOVERED: Final = 10
+"""uncoveredNodes lists at most this many; uncoveredNodeCounts counts every one."""
+MAX_NAMED: Final = 5
+"""Condition messages name at most this many nodes, then say how many more."""
+CLOCK_SKEW_SECONDS: Final = 120.0
+"""A write an agent dates further in the future than this is not believed (its clock, or its answer, is wrong)."""
+MAX_TIMESTAMP: Final = 4_102_444_800.0
+"""2100-01-01: larger "unix seconds" are garbage, not a date."""
+MAX_POINTS: Final = 2**53
 
-NOT_TOLERATED: Final = "NotTolerated"
-SELECTOR_MISMATCH: Final = "SelectorMismatch"
-AFFINITY_MISMATCH: Final = "AffinityMismatch"
-POD_PENDING: Final = "PodPending"
-POD_FAILING: Final = "PodFailing"
+UNCOVERED_ORDER: Final = (r.POD_FAILING, r.POD_PENDING, r.NOT_TOLERATED, r.AFFINITY_MISMATCH, r.SELECTOR_MISMATCH)
+"""The order uncoveredNodes lists reasons in: what someone can act on first."""
 
 FAILING_WAIT_REASONS: Final = frozenset(
     {
@@ -53,6 +63,10 @@ FAILING_WAIT_REASONS: Final = frozenset(
     }
 )
 """Waiting reasons that will not resolve by waiting: the pod is failing, not pending."""
+FAILING_EVENT_REASONS: Final = frozenset({"FailedMount", "Failed"})
+"""Warning Events on a pod that say it cannot start (a missing Secret, a config error)."""
+FAILED_CREATE: Final = "FailedCreate"
+"""The DaemonSet controller's Warning Event when the API server refuses an agent pod."""
 
 # Tolerations the DaemonSet controller adds to every daemon pod (pkg/controller/daemon/util).
 _DAEMON_TOLERATIONS: Final = (
@@ -69,6 +83,17 @@ _HOST_NETWORK_TOLERATION: Final = ("node.kubernetes.io/network-unavailable", "No
 # --- inputs -------------------------------------------------------------------------------
 
 
+def _finite(value: Any, low: float, high: float) -> float | None:
+    """``value`` as a float when it is a real number in [low, high]; None for bools, NaN, ±inf, garbage."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an integer too large for a float
+        return None
+    return number if math.isfinite(number) and low <= number <= high else None
+
+
 @dataclass(frozen=True)
 class AgentReport:
     """One agent's ``/status`` answer, as far as status needs it."""
@@ -83,36 +108,20 @@ class AgentReport:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> AgentReport:
-        """Tolerant parse: an agent of another version may add or omit fields."""
-        raw_last = data.get("last_successful_write")
-        last = float(raw_last) if isinstance(raw_last, int | float) and not isinstance(raw_last, bool) else None
-        raw_buffered = data.get("buffered_points")
-        buffered = int(raw_buffered) if isinstance(raw_buffered, int | float) else 0
+        """Tolerant and defensive: another version may add or omit fields, a hostile agent may send anything.
+
+        Numbers must be finite and plausible (a timestamp before 2100, a point count below 2**53);
+        anything else reads as absent, never raises.
+        """
+        buffered = _finite(data.get("buffered_points"), 0, MAX_POINTS)
         raw_hash = data.get("config_hash")
         return cls(
-            last_successful_write=last,
-            buffered_points=max(buffered, 0),
-            ready=bool(data.get("ready", False)),
-            config_hash=raw_hash if isinstance(raw_hash, str) else None,
+            last_successful_write=_finite(data.get("last_successful_write"), 0, MAX_TIMESTAMP),
+            buffered_points=int(buffered) if buffered is not None else 0,
+            ready=data.get("ready") is True,
+            config_hash=raw_hash[:128] if isinstance(raw_hash, str) else None,
             enabled=data.get("enabled", True) is not False,
         )
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What the reconciler did this round: applied, paused, or failed with a reason that names the cause."""
-
-    ok: bool
-    reason: str
-    message: str = ""
-
-    @classmethod
-    def applied(cls, message: str = "children are up to date") -> Outcome:
-        return cls(ok=True, reason="Applied", message=message)
-
-    @classmethod
-    def paused(cls) -> Outcome:
-        return cls(ok=False, reason="Paused", message="spec.paused is true: children are left as they are")
 
 
 @dataclass(frozen=True)
@@ -121,43 +130,18 @@ class Observed:
 
     generation: int
     spec: ObservatoryCollectorSpec
-    outcome: Outcome
+    verdict: Verdict
+    namespace: str = ""
     daemonset: Obj | None = None
     pods: Sequence[Obj] = ()
     nodes: Sequence[Obj] = ()
+    warnings: Sequence[Obj] = ()
+    """Warning Events about the DaemonSet and its pods (FailedCreate, FailedMount, Failed)."""
     reports: Mapping[str, AgentReport | None] = field(default_factory=dict)
-    """Pod name → its /status answer; None when the agent did not answer."""
+    """Pod name → its /status answer; None when the agent did not answer usefully."""
     window_seconds: float = DEFAULT_WINDOW
     config_hash: str | None = None
     previous_conditions: Sequence[Obj] = ()
-
-
-TRANSIENT_REASONS: Final = frozenset(
-    {"NoDaemonSet", "RolloutPending", "AgentsNotReady", "WaitingForAgents", "WaitingForFirstWrite", "Paused"}
-)
-"""False/Unknown reasons that are a normal step of a rollout or a user's choice: Normal Events, not Warnings."""
-
-
-@dataclass(frozen=True)
-class Transition:
-    """A condition whose status changed this round: worth an Event."""
-
-    type: str
-    status: str
-    reason: str
-    message: str
-
-    @property
-    def warning(self) -> bool:
-        """Whether someone should look: a condition turned False for a reason that will not pass by itself."""
-        return self.status == "False" and self.reason not in TRANSIENT_REASONS
-
-
-@dataclass(frozen=True)
-class Computed:
-    status: dict[str, Any]
-    """camelCase, JSON-ready; None values are explicit so a merge patch clears stale fields."""
-    transitions: list[Transition]
 
 
 # --- small helpers ------------------------------------------------------------------------
@@ -199,16 +183,18 @@ def _human(seconds: float) -> str:
     return f"{seconds // 3600}h"
 
 
-def _parse_time(value: Any) -> datetime | None:
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    if isinstance(value, str) and value:
-        try:
-            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            return None
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-    return None
+def _some(items: Sequence[str]) -> str:
+    """The first MAX_NAMED items, then how many more: condition messages stay short on big clusters."""
+    head = ", ".join(items[:MAX_NAMED])
+    return f"{head} and {len(items) - MAX_NAMED} more" if len(items) > MAX_NAMED else head
+
+
+def _event_time(event: Obj) -> str:
+    return str(event.get("lastTimestamp") or event.get("eventTime") or "")
+
+
+def _uid(obj: Obj | None) -> str:
+    return str(((obj or {}).get("metadata") or {}).get("uid") or "")
 
 
 # --- coverage -----------------------------------------------------------------------------
@@ -302,7 +288,7 @@ def _is_ready(pod: Obj) -> bool:
     return False
 
 
-def _failure(pod: Obj) -> str | None:
+def _failure(pod: Obj, warnings: Sequence[Obj]) -> str | None:
     """Why a pod is failing (will not get better by waiting), or None."""
     status = pod.get("status") or {}
     phase = status.get("phase") or "Pending"
@@ -318,27 +304,35 @@ def _failure(pod: Obj) -> str | None:
         last = (cs.get("lastState") or {}).get("terminated") or {}
         if not cs.get("ready") and cs.get("restartCount", 0) > 0 and last.get("exitCode", 0) != 0:
             return f"agent restarted {cs['restartCount']} times, last exit code {last.get('exitCode')}"
+    if not _is_ready(pod):
+        uid = _uid(pod)
+        mine = [w for w in warnings if ((w.get("involvedObject") or {}).get("uid")) == uid and uid]
+        failing = [w for w in mine if w.get("reason") in FAILING_EVENT_REASONS]
+        if failing:
+            latest = max(failing, key=_event_time)
+            return f"{latest.get('reason')}: {latest.get('message') or ''}"[:512]
     return None
 
 
-def pod_problem(pod: Obj) -> tuple[str, str] | None:
+def pod_problem(pod: Obj, warnings: Sequence[Obj] = ()) -> tuple[str, str] | None:
     """(PodPending|PodFailing, message) for a pod that is not a ready agent; None when it is ready."""
-    failure = _failure(pod)
+    failure = _failure(pod, warnings)
     if failure is not None:
-        return POD_FAILING, failure
+        return r.POD_FAILING, failure
     status = pod.get("status") or {}
     if _is_ready(pod):
         return None
     if not (pod.get("spec") or {}).get("nodeName"):
         for cond in status.get("conditions") or []:
             if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
-                return POD_PENDING, f"not scheduled: {cond.get('message') or cond.get('reason') or 'unknown'}"
-        return POD_PENDING, "not scheduled yet"
+                return r.POD_PENDING, f"not scheduled: {cond.get('message') or cond.get('reason') or 'unknown'}"
+        return r.POD_PENDING, "not scheduled yet"
     for cs in status.get("containerStatuses") or []:
         waiting = (cs.get("state") or {}).get("waiting") or {}
         if waiting.get("reason"):
-            return POD_PENDING, f"agent waiting: {waiting['reason']}"
-    return POD_PENDING, "agent not ready yet"
+            detail = f": {waiting['message']}" if waiting.get("message") else ""
+            return r.POD_PENDING, f"agent waiting: {waiting['reason']}{detail}"[:512]
+    return r.POD_PENDING, "agent not ready yet"
 
 
 def _fmt_taint(taint: Obj) -> str:
@@ -347,9 +341,13 @@ def _fmt_taint(taint: Obj) -> str:
 
 
 def coverage(
-    spec: ObservatoryCollectorSpec, nodes: Sequence[Obj], pods: Sequence[Obj], host_network: bool
+    spec: ObservatoryCollectorSpec,
+    nodes: Sequence[Obj],
+    pods: Sequence[Obj],
+    host_network: bool,
+    warnings: Sequence[Obj] = (),
 ) -> tuple[list[UncoveredNode], dict[str, Obj]]:
-    """(nodes without a ready agent with their reasons, node name → the ready agent pod on it)."""
+    """(every node without a ready agent with its reason, node name → the ready agent pod on it)."""
     tolerations = [t.model_dump(by_alias=True, exclude_none=True) for t in spec.tolerations or []]
     by_node: dict[str, Obj] = {}
     for pod in pods:
@@ -366,26 +364,26 @@ def coverage(
         missing = {k: v for k, v in (spec.node_selector or {}).items() if labels.get(k) != v}
         if missing:
             wanted = ", ".join(f"{k}={v}" for k, v in sorted(missing.items()))
-            uncovered.append(UncoveredNode(node=name, reason=SELECTOR_MISMATCH, message=f"node lacks {wanted}"))
+            uncovered.append(UncoveredNode(node=name, reason=r.SELECTOR_MISMATCH, message=f"node lacks {wanted}"))
             continue
         if not affinity_matches(spec.affinity, node):
             uncovered.append(
                 UncoveredNode(
-                    node=name, reason=AFFINITY_MISMATCH, message="no required nodeAffinity term matches the node"
+                    node=name, reason=r.AFFINITY_MISMATCH, message="no required nodeAffinity term matches the node"
                 )
             )
             continue
         taint = untolerated_taint(node, tolerations, host_network)
         if taint is not None:
             uncovered.append(
-                UncoveredNode(node=name, reason=NOT_TOLERATED, message=f"taint {_fmt_taint(taint)} is not tolerated")
+                UncoveredNode(node=name, reason=r.NOT_TOLERATED, message=f"taint {_fmt_taint(taint)} is not tolerated")
             )
             continue
         agent = by_node.get(name)
         if agent is None:
-            uncovered.append(UncoveredNode(node=name, reason=POD_PENDING, message="no agent pod yet"))
+            uncovered.append(UncoveredNode(node=name, reason=r.POD_PENDING, message="no agent pod yet"))
             continue
-        problem = pod_problem(agent)
+        problem = pod_problem(agent, warnings)
         if problem is not None:
             uncovered.append(UncoveredNode(node=name, reason=problem[0], message=problem[1]))
             continue
@@ -393,26 +391,77 @@ def coverage(
     return uncovered, covered
 
 
-# --- conditions ---------------------------------------------------------------------------
+def shortlist(uncovered: Sequence[UncoveredNode]) -> tuple[list[UncoveredNode], dict[str, int]]:
+    """The MAX_UNCOVERED nodes to act on first (failing, pending, tolerations, then mismatches) and counts by reason."""
+    rank = {reason: i for i, reason in enumerate(UNCOVERED_ORDER)}
+    ordered = sorted(uncovered, key=lambda u: (rank.get(u.reason, len(rank)), u.node))
+    return ordered[:MAX_UNCOVERED], dict(sorted(Counter(u.reason for u in uncovered).items()))
 
 
-CondValue = tuple[ConditionStatus, str, str]
-"""(status, reason, message) of one condition."""
+# --- what keeps pods from existing or starting ----------------------------------------------------
 
 
-def _condition(type_: str, value: CondValue, *, generation: int, now: datetime, previous: Obj | None) -> Condition:
-    status, reason, message = value
-    since = now
-    if previous is not None and previous.get("status") == status.value:
-        since = _parse_time(previous.get("lastTransitionTime")) or now
-    return Condition(
-        type=type_,
-        status=status,
-        reason=reason,
-        message=message[:32768],
-        last_transition_time=since,
-        observed_generation=generation,
+def refused_pods(observed: Observed, counts: _Counts) -> CondValue | None:
+    """Ready's value when the DaemonSet controller cannot create agent pods (its newest FailedCreate Event)."""
+    ds = observed.daemonset
+    if ds is None or counts.current >= counts.desired:
+        return None
+    uid = _uid(ds)
+    refusals = [
+        w
+        for w in observed.warnings
+        if w.get("reason") == FAILED_CREATE and (w.get("involvedObject") or {}).get("uid") == uid
+    ]
+    if not refusals:
+        return None
+    message = str(max(refusals, key=_event_time).get("message") or "")
+    head = f"{counts.current}/{counts.desired} agent pods exist; the DaemonSet controller cannot create the rest: "
+    if "PodSecurity" in message:
+        hint = (
+            f" (agents read the node through hostPath volumes, and use hostNetwork/hostPID with the network/processes "
+            f"collectors, which only the privileged Pod Security level allows: label namespace {observed.namespace} "
+            "pod-security.kubernetes.io/enforce=privileged, or run collectors in a namespace that has it)"
+        )
+        return ConditionStatus.FALSE, r.POD_SECURITY_REFUSED, (head + message)[:2048] + hint
+    return ConditionStatus.FALSE, r.PODS_NOT_CREATED, (head + message)[:2048]
+
+
+def _started(pod: Obj) -> bool:
+    """Whether any container of the pod runs or ran (its volumes were mounted)."""
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        state = cs.get("state") or {}
+        if "running" in state or "terminated" in state or cs.get("lastState", {}).get("terminated"):
+            return True
+    return False
+
+
+def missing_secret(observed: Observed, uncovered: Sequence[UncoveredNode]) -> CondValue | None:
+    """Ready's value when agent pods cannot start because the token Secret does not exist.
+
+    The operator never reads Secrets (not even their metadata): what the pods say is the evidence,
+    the kubelet's ``secret "x" not found`` in a waiting state or a FailedMount Event.
+    """
+    ref = observed.spec.influxdb.token_secret_ref
+    if ref is None:
+        return None
+    needle = f'secret "{ref.name}" not found'
+    texts = [u.message for u in uncovered if u.reason in {r.POD_FAILING, r.POD_PENDING}]
+    # Only pods still waiting to start: a FailedMount Event outlives the Secret's creation by an hour,
+    # while the pod it was about has mounted its volume and runs.
+    pod_uids = {_uid(p) for p in observed.pods if not _started(p)}
+    texts += [
+        str(w.get("message") or "") for w in observed.warnings if (w.get("involvedObject") or {}).get("uid") in pod_uids
+    ]
+    if not any(needle in text.lower() for text in texts):
+        return None
+    message = (
+        f"Secret {ref.name} (spec.influxdb.tokenSecretRef) not found in namespace {observed.namespace}: "
+        f"agent pods cannot start; create it with key {ref.key}"
     )
+    return ConditionStatus.FALSE, r.SECRET_NOT_FOUND, message
+
+
+# --- conditions ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -441,16 +490,21 @@ class _Counts:
 def _agent_lag(pod: Obj, report: AgentReport | None, horizon: float, window: float, now: datetime) -> str | None:
     """None when the agent reports; "" while it is young enough to still be waiting for its first write;
     otherwise what is wrong, for the condition message."""
-    if report is not None and report.last_successful_write is not None and report.last_successful_write >= horizon:
+    last = report.last_successful_write if report is not None else None
+    future = last is not None and last > now.timestamp() + CLOCK_SKEW_SECONDS
+    if last is not None and last >= horizon and not future:
         return None
-    started = _parse_time((pod.get("status") or {}).get("startTime"))
-    young = started is None or (now - started).total_seconds() < 2 * window
     where = _pod_node(pod) or str(pod["metadata"]["name"])
+    if future:
+        # Not a write this agent is still waiting for: an answer (or a clock) that is wrong.
+        return f"{where} (last write dated {_human((last or 0) - now.timestamp())} in the future; agent clock?)"
+    started = parse_time((pod.get("status") or {}).get("startTime"))
+    young = started is None or (now - started).total_seconds() < 2 * window
     if report is None:
         return "" if young else f"{where} (no answer from /status)"
-    if report.last_successful_write is None:
+    if last is None:
         return "" if young else f"{where} (no successful write; {report.buffered_points} points buffered)"
-    ago = _human(now.timestamp() - report.last_successful_write)
+    ago = _human(now.timestamp() - last)
     return f"{where} (last write {ago} ago; {report.buffered_points} points buffered)"
 
 
@@ -486,58 +540,89 @@ def _data_flowing(
             disabled > 0 and reporting == 0 and not stale,
             (
                 ConditionStatus.FALSE,
-                COLLECTION_DISABLED,
+                r.COLLECTION_DISABLED,
                 f"{disabled}/{desired} agents have collection switched off "
                 "(observatory_enabled is false in shared-config)",
             ),
         ),
-        (desired == 0 and settling, (ConditionStatus.UNKNOWN, "WaitingForAgents", "the DaemonSet is being rolled out")),
-        (desired == 0, (ConditionStatus.UNKNOWN, "NoAgents", "no node runs an agent")),
-        (reporting >= desired, (ConditionStatus.TRUE, "AllAgentsReporting", head)),
-        (bool(stale), (ConditionStatus.FALSE, "AgentsNotReporting", f"{head}; not writing: {', '.join(stale)}")),
-        (warming > 0, (ConditionStatus.UNKNOWN, "WaitingForFirstWrite", f"{head}; {warming} started recently")),
-        (settling, (ConditionStatus.UNKNOWN, "WaitingForAgents", f"{head}; {missing} agents not started yet")),
+        (
+            desired == 0 and settling,
+            (ConditionStatus.UNKNOWN, r.WAITING_FOR_AGENTS, "the DaemonSet is being rolled out"),
+        ),
+        (desired == 0, (ConditionStatus.UNKNOWN, r.NO_AGENTS, "no node runs an agent")),
+        (reporting >= desired, (ConditionStatus.TRUE, r.ALL_AGENTS_REPORTING, head)),
+        (bool(stale), (ConditionStatus.FALSE, r.AGENTS_NOT_REPORTING, f"{head}; not writing: {_some(stale)}")),
+        (warming > 0, (ConditionStatus.UNKNOWN, r.WAITING_FOR_FIRST_WRITE, f"{head}; {warming} started recently")),
+        (settling, (ConditionStatus.UNKNOWN, r.WAITING_FOR_AGENTS, f"{head}; {missing} agents not started yet")),
     )
-    fallback = (ConditionStatus.FALSE, "AgentsNotReporting", f"{head}; {missing} have no running agent")
+    fallback = (ConditionStatus.FALSE, r.AGENTS_NOT_REPORTING, f"{head}; {missing} have no running agent")
     return reporting, next((value for applies, value in rules if applies), fallback)
 
 
 # --- the funnel ---------------------------------------------------------------------------
 
 
-def _ready_condition(ds: Obj | None, counts: _Counts, failing: Sequence[UncoveredNode]) -> CondValue:
-    """Ready: every wanted node runs a ready agent on the current template."""
+def _ready_condition(
+    ds: Obj | None, counts: _Counts, failing: Sequence[UncoveredNode], blocked: CondValue | None
+) -> CondValue:
+    """Ready: every wanted node runs a ready agent on the current template. The first rule that applies wins."""
     c = counts
-    if ds is None:
-        return ConditionStatus.FALSE, "NoDaemonSet", "the agent DaemonSet does not exist yet"
-    if not c.rolled_out:
+    nodes = _some([f"{u.node} ({u.message})" for u in failing])
+    rules: tuple[tuple[bool, CondValue | None], ...] = (
+        (ds is None, (ConditionStatus.FALSE, r.NO_DAEMONSET, "the agent DaemonSet does not exist yet")),
+        (blocked is not None, blocked),
         # Counts of a DaemonSet the controller has not processed yet say nothing (desired 0 included).
-        return ConditionStatus.FALSE, "RolloutPending", "the DaemonSet controller has not processed the latest spec yet"
-    if c.desired == 0:
-        return ConditionStatus.FALSE, "NoNodesSelected", "no node matches nodeSelector, affinity and tolerations"
-    if c.ready >= c.desired and c.updated >= c.desired and c.rolled_out:
-        return ConditionStatus.TRUE, "AllAgentsReady", f"{c.ready}/{c.desired} agents ready"
-    if failing:
-        nodes = ", ".join(f"{u.node} ({u.message})" for u in failing)
-        return ConditionStatus.FALSE, "AgentsFailing", f"{c.ready}/{c.desired} agents ready; failing: {nodes}"
-    return ConditionStatus.FALSE, "AgentsNotReady", f"{c.ready}/{c.desired} agents ready, {c.updated} updated"
+        (
+            not c.rolled_out,
+            (
+                ConditionStatus.FALSE,
+                r.ROLLOUT_PENDING,
+                "the DaemonSet controller has not processed the latest spec yet",
+            ),
+        ),
+        (
+            c.desired == 0,
+            (ConditionStatus.FALSE, r.NO_NODES_SELECTED, "no node matches nodeSelector, affinity and tolerations"),
+        ),
+        (
+            c.ready >= c.desired and c.updated >= c.desired,
+            (ConditionStatus.TRUE, r.ALL_AGENTS_READY, f"{c.ready}/{c.desired} agents ready"),
+        ),
+        (
+            bool(failing),
+            (ConditionStatus.FALSE, r.AGENTS_FAILING, f"{c.ready}/{c.desired} agents ready; failing: {nodes}"),
+        ),
+    )
+    fallback = (ConditionStatus.FALSE, r.AGENTS_NOT_READY, f"{c.ready}/{c.desired} agents ready, {c.updated} updated")
+    return next((value for applies, value in rules if applies and value is not None), fallback)
 
 
-def _phase(observed: Observed, counts: _Counts, uncovered: Sequence[UncoveredNode], flow: CondValue) -> Phase:
+def _phase(
+    observed: Observed, counts: _Counts, uncovered: Sequence[UncoveredNode], flow: CondValue, blocked: bool
+) -> Phase:
     """The first rule that applies wins: the order is the precedence users read in ``kubectl get``."""
     c = counts
     reasons = {u.reason for u in uncovered}
     rules = (
         (observed.spec.paused, Phase.PAUSED),
-        (not observed.outcome.ok, Phase.FAILED),
+        (observed.verdict.outcome.failed, Phase.FAILED),
         (observed.daemonset is None, Phase.PENDING),
+        (blocked, Phase.FAILED),
         (not c.rolled_out, Phase.PROGRESSING),
         (c.desired == 0, Phase.PENDING),
-        (POD_FAILING in reasons, Phase.DEGRADED),
-        (c.ready < c.desired or c.updated < c.desired or POD_PENDING in reasons, Phase.PROGRESSING),
-        (flow[0] is ConditionStatus.FALSE and flow[1] != COLLECTION_DISABLED, Phase.DEGRADED),
+        (r.POD_FAILING in reasons, Phase.DEGRADED),
+        (c.ready < c.desired or c.updated < c.desired or r.POD_PENDING in reasons, Phase.PROGRESSING),
+        (flow[0] is ConditionStatus.FALSE and flow[1] != r.COLLECTION_DISABLED, Phase.DEGRADED),
     )
     return next((phase for applies, phase in rules if applies), Phase.READY)
+
+
+def _reconciled(observed: Observed) -> CondValue:
+    verdict = observed.verdict
+    if observed.spec.paused or verdict.outcome is Outcome.PAUSED:
+        return ConditionStatus.FALSE, r.PAUSED, "spec.paused is true: children are left as they are"
+    status = ConditionStatus.TRUE if verdict.outcome.ok else ConditionStatus.FALSE
+    return status, verdict.reason, verdict.message
 
 
 def compute(observed: Observed, now: datetime) -> Computed:
@@ -545,39 +630,34 @@ def compute(observed: Observed, now: datetime) -> Computed:
     spec = observed.spec
     ds = observed.daemonset
     template_spec = ((ds or {}).get("spec") or {}).get("template", {}).get("spec", {})
-    uncovered, covered = coverage(spec, observed.nodes, observed.pods, bool(template_spec.get("hostNetwork", False)))
+    uncovered, covered = coverage(
+        spec, observed.nodes, observed.pods, bool(template_spec.get("hostNetwork", False)), observed.warnings
+    )
     # An agent counts as ready when the DaemonSet says so *and* its pod is a ready, non-terminating
     # pod on a wanted node: during a rollout the DaemonSet still counts a pod that is being replaced.
     counts = _Counts.of(ds, covered=len(covered) if ds is not None and observed.nodes else None)
     reporting, flow = _data_flowing(counts, observed.pods, observed.reports, observed.window_seconds, now)
-    writes = [r.last_successful_write for r in observed.reports.values() if r and r.last_successful_write]
-    buffered = sum(r.buffered_points for r in observed.reports.values() if r is not None)
-
-    outcome = observed.outcome
-    if spec.paused:
-        reconciled: CondValue = (ConditionStatus.FALSE, "Paused", Outcome.paused().message)
-    else:
-        reconciled = (ConditionStatus.TRUE if outcome.ok else ConditionStatus.FALSE, outcome.reason, outcome.message)
-    failing = [u for u in uncovered if u.reason == POD_FAILING]
-
-    previous = {str(c.get("type")): c for c in observed.previous_conditions}
-    gen = observed.generation
-    conditions = [
-        _condition(t, value, generation=gen, now=now, previous=previous.get(t))
-        for t, value in (
-            (READY, _ready_condition(ds, counts, failing)),
-            (RECONCILED, reconciled),
-            (DATA_FLOWING, flow),
-        )
+    horizon = now.timestamp() + CLOCK_SKEW_SECONDS
+    writes = [
+        w for rep in observed.reports.values() if rep and (w := rep.last_successful_write) is not None and w <= horizon
     ]
-    transitions = [
-        Transition(type=c.type, status=str(c.status), reason=c.reason, message=c.message)
-        for c in conditions
-        if (previous.get(c.type) or {}).get("status") != str(c.status)
-    ]
+    buffered = min(sum(rep.buffered_points for rep in observed.reports.values() if rep is not None), MAX_POINTS)
+    blocked = refused_pods(observed, counts) or missing_secret(observed, uncovered)
+    failing = [u for u in uncovered if u.reason == r.POD_FAILING]
+    conditions, transitions = settle(
+        (
+            (r.READY, _ready_condition(ds, counts, failing, blocked)),
+            (r.RECONCILED, _reconciled(observed)),
+            (r.DATA_FLOWING, flow),
+        ),
+        observed.previous_conditions,
+        generation=observed.generation,
+        now=now,
+    )
+    listed, counted = shortlist(uncovered)
     status = ObservatoryCollectorStatus(
-        observed_generation=gen,
-        phase=_phase(observed, counts, uncovered, flow),
+        observed_generation=observed.generation,
+        phase=_phase(observed, counts, uncovered, flow, blocked is not None),
         conditions=conditions,
         desired_agents=counts.desired,
         current_agents=counts.current,
@@ -589,20 +669,49 @@ def compute(observed: Observed, now: datetime) -> Computed:
         # Whole seconds: sub-second churn would rewrite status for nothing.
         last_write=datetime.fromtimestamp(int(max(writes)), tz=UTC) if writes else None,
         buffered_points=buffered,
-        uncovered_nodes=uncovered,
+        uncovered_nodes=listed,
+        uncovered_node_counts=counted,
         config_hash=observed.config_hash,
     )
     return Computed(status=status.model_dump(by_alias=True, mode="json"), transitions=transitions)
+
+
+def invalid(generation: int, verdict: Verdict, previous_conditions: Sequence[Obj], now: datetime) -> Computed:
+    """Status for a resource whose spec could not even be parsed: Failed, with the reason naming the field."""
+    held = [c for c in previous_conditions if c.get("type") == r.RECONCILED]
+    conditions, transitions = settle(
+        ((r.RECONCILED, (ConditionStatus.FALSE, verdict.reason, verdict.message)),),
+        held,
+        generation=generation,
+        now=now,
+    )
+    status = {
+        "observedGeneration": generation,
+        "phase": Phase.FAILED.value,
+        "conditions": [c.model_dump(by_alias=True, mode="json") for c in conditions],
+    }
+    return Computed(status=status, transitions=transitions)
+
+
+def shared_config_notice(problem: str | None, previous_conditions: Sequence[Obj]) -> Notice | None:
+    """A Warning Event when the shared-config turns invalid or its problem changes (not on every round)."""
+    if problem is None:
+        return None
+    before = next((c for c in previous_conditions if c.get("type") == r.RECONCILED), {})
+    if problem in str(before.get("message") or ""):
+        return None
+    return Notice("Warning", r.SHARED_CONFIG_INVALID, problem)
 
 
 __all__ = [
     "AgentReport",
     "Computed",
     "Observed",
-    "Outcome",
-    "Transition",
     "compute",
     "coverage",
     "effective_window",
+    "invalid",
+    "shared_config_notice",
     "shared_config_problem",
+    "shortlist",
 ]

@@ -27,6 +27,8 @@ PRODUCT: Final = "happy-observatory"
 
 CONFIG_HASH_ANNOTATION: Final = f"{GROUP}/config-hash"
 """On the pod template: a new value rolls the agents; nothing else in the operator's output does."""
+INPUT_HASH_ANNOTATION: Final = f"{GROUP}/input-hash"
+"""On every child: the hash of the whole desired object; a live object with another value is applied again."""
 COLLECTOR_ANNOTATION: Final = f"{GROUP}/collector"
 """The owning collector's full name, for when the instance label had to be shortened."""
 
@@ -99,7 +101,7 @@ def selector_labels(collector: str) -> Mapping[str, str]:
 def common_labels(collector: str) -> dict[str, str]:
     """Labels on every child object: the selector labels plus ownership and product labels.
 
-    ``managed-by`` + ``instance`` + ``component`` is what pruning lists by.
+    ``managed-by`` + ``component`` is what the operator's watches select children by.
     """
     return {
         **selector_labels(collector),
@@ -117,16 +119,11 @@ def pod_labels(collector: str, version: str | None) -> dict[str, str]:
     return labels
 
 
-def children_selector(collector: str) -> str:
-    """The label selector listing every child object of one collector (for pruning and observing)."""
-    labels = {
-        INSTANCE: label_value(collector),
-        COMPONENT: AGENT_COMPONENT,
-        MANAGED_BY: OPERATOR,
-    }
-    return ",".join(f"{k}={v}" for k, v in labels.items())
+def agent_children_selector() -> str:
+    """The label selector of every collector's children in any namespace (what the operator watches)."""
+    return f"{MANAGED_BY}={OPERATOR},{COMPONENT}={AGENT_COMPONENT}"
 
 
-def all_children_selector() -> str:
-    """The label selector of every object the operator manages, in any namespace."""
-    return f"{MANAGED_BY}={OPERATOR}"
+def agent_pods_selector() -> str:
+    """The label selector of every agent pod (what the operator watches for status)."""
+    return f"{NAME}={AGENT_APP}"

@@ -12,7 +12,7 @@ from observatory_agent.contract import (
     parse_duration,
 )
 from observatory_operator.api.models import ObservatoryCollectorSpec
-from observatory_operator.build import names
+from observatory_operator.manifests import names
 from observatory_operator.settings import Settings
 
 Obj = dict[str, Any]
