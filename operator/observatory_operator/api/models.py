@@ -499,6 +499,13 @@ class OutputSpec(_Model):
     bucket: str | None = Field(
         default=None, max_length=256, description="Bucket. Default: the feeding collector's bucket."
     )
+    token_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description=(
+            "The processor's InfluxDB token. It must read and write the output bucket: the processor reads"
+            " its watermark back at start. Default: the feeding collector's token."
+        ),
+    )
 
 
 class AggregationRuleSpec(_Model):

@@ -83,7 +83,9 @@ def agent_config(
         quantiles=list(spec.aggregations.quantiles),
         exact_quantile_threshold=spec.aggregations.exact_threshold,
         tags=dict(spec.tags or {}),
-        influxdb=InfluxTarget(url=influx.url, org=influx.org, bucket=influx.bucket, token_file=token_file(spec)),
+        influxdb=InfluxTarget(
+            url=influx.url, org=influx.org, bucket=influx.bucket, token_file=token_file(spec.influxdb.token_secret_ref)
+        ),
         processors=sorted(processors, key=lambda t: t.rule),
         buffer_dir=BUFFER_DIR,
         port=spec.metrics_port,
@@ -139,7 +141,7 @@ def _volumes(name: str, spec: ObservatoryCollectorSpec, settings: Settings) -> t
         {"name": "buffer", "mountPath": BUFFER_DIR},
         {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - an emptyDir, private to the pod
     ]
-    token = pods.token_volume(spec)
+    token = pods.token_volume(spec.influxdb.token_secret_ref)
     if token is not None:
         volumes.append(token[0])
         mounts.append(token[1])

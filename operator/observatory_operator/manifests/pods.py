@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from observatory_operator.api.models import ObservatoryCollectorSpec, ResourceRequirements
+from observatory_operator.api.models import ResourceRequirements, SecretKeyRef
 from observatory_operator.manifests import names
 
 Obj = dict[str, Any]
@@ -47,15 +47,13 @@ def resources(given: ResourceRequirements | None, *, cpu: str, memory: str, limi
     return out
 
 
-def token_file(spec: ObservatoryCollectorSpec) -> str | None:
+def token_file(ref: SecretKeyRef | None) -> str | None:
     """Where the token Secret's key is mounted (None without a tokenSecretRef)."""
-    ref = spec.influxdb.token_secret_ref
     return f"{TOKEN_DIR}/{ref.key}" if ref else None
 
 
-def token_volume(spec: ObservatoryCollectorSpec) -> tuple[Obj, Obj] | None:
-    """(volume, mount) of the collector's token Secret: only its one key, 0440 (readable through fsGroup)."""
-    ref = spec.influxdb.token_secret_ref
+def token_volume(ref: SecretKeyRef | None) -> tuple[Obj, Obj] | None:
+    """(volume, mount) of a token Secret: only its one key, 0440 (readable through fsGroup)."""
     if ref is None:
         return None
     volume = {

@@ -2,8 +2,9 @@
 and the ProcessorTarget its collectors' agents are given.
 
 The processor writes where its collectors write: the InfluxDB URL, org, bucket and token Secret of
-the first collector the rule names (``spec.output.bucket`` overrides the bucket), and it reads the
-same shared-config, so a rule needs no InfluxDB settings of its own.
+the first collector the rule names (``spec.output.bucket`` overrides the bucket,
+``spec.output.tokenSecretRef`` the token), and it reads the same shared-config, so a rule needs no
+InfluxDB settings of its own.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from observatory_agent.contract import (
     RollupOutput,
     parse_duration,
 )
-from observatory_operator.api.models import AggregationRuleSpec, ObservatoryCollectorSpec
+from observatory_operator.api.models import AggregationRuleSpec, ObservatoryCollectorSpec, SecretKeyRef
 from observatory_operator.manifests import agent, names, pods
 from observatory_operator.settings import Settings
 
@@ -90,7 +91,7 @@ def processor_config(
             url=influx.url if influx else None,
             org=influx.org if influx else None,
             bucket=influx.bucket if influx else None,
-            token_file=pods.token_file(first) if first is not None else None,
+            token_file=pods.token_file(token_ref(spec, feeders)),
         ),
         port=DEFAULT_PROCESSOR_PORT,
         buffer_dir=BUFFER_DIR,
@@ -112,7 +113,20 @@ def configmap(rule: str, namespace: str, rendered: str, labels: dict[str, str]) 
     }
 
 
-def _volumes(rule: str, feeders: Sequence[Feeder], settings: Settings) -> tuple[list[Obj], list[Obj]]:
+def token_ref(spec: AggregationRuleSpec, feeders: Sequence[Feeder]) -> SecretKeyRef | None:
+    """The processor's token: ``spec.output.tokenSecretRef``, else the first collector's.
+
+    A processor reads its watermark back from InfluxDB at start, so this token must read the output
+    bucket as well as write it (an agents' write-only token leaves the processor never ready).
+    """
+    if spec.output.token_secret_ref is not None:
+        return spec.output.token_secret_ref
+    return feeders[0].spec.influxdb.token_secret_ref if feeders else None
+
+
+def _volumes(
+    rule: str, spec: AggregationRuleSpec, feeders: Sequence[Feeder], settings: Settings
+) -> tuple[list[Obj], list[Obj]]:
     """(volumes, volumeMounts): config, the collectors' shared-config and token, a buffer and /tmp."""
     first = feeders[0].spec if feeders else None
     volumes: list[Obj] = [
@@ -131,17 +145,17 @@ def _volumes(rule: str, feeders: Sequence[Feeder], settings: Settings) -> tuple[
         shared = first.shared_config
         volumes.append({"name": "shared-config", "configMap": {"name": shared.name, "optional": shared.optional}})
         mounts.append({"name": "shared-config", "mountPath": agent.SHARED_CONFIG_DIR, "readOnly": True})
-        token = pods.token_volume(first)
-        if token is not None:
-            volumes.append(token[0])
-            mounts.append(token[1])
+    token = pods.token_volume(token_ref(spec, feeders))
+    if token is not None:
+        volumes.append(token[0])
+        mounts.append(token[1])
     return volumes, mounts
 
 
 def pod_template(rule: str, spec: AggregationRuleSpec, feeders: Sequence[Feeder], settings: Settings) -> Obj:
     """The processor pod: the agent's image and hardening, ``observatory-processor run``, probes on its port."""
     image = spec.image or settings.agent.image
-    volumes, mounts = _volumes(rule, feeders, settings)
+    volumes, mounts = _volumes(rule, spec, feeders, settings)
     defaults = settings.processor
     container: Obj = {
         "name": names.PROCESSOR_CONTAINER,

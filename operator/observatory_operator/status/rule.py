@@ -61,6 +61,8 @@ class ProcessorReport:
     late_partials: int | None = None
     buffered_points: int | None = None
     write_error: str | None = None
+    watermark_error: str | None = None
+    """Why the processor could not read its watermark back (it stays unready until it can)."""
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ProcessorReport:
@@ -81,6 +83,7 @@ class ProcessorReport:
             late_partials=count(partials.get("late")),
             buffered_points=count(data.get("buffered_points")),
             write_error=", ".join(failing) or None,
+            watermark_error=str(errors["watermark_read"])[:300] if errors.get("watermark_read") else None,
         )
 
 
@@ -123,6 +126,15 @@ def _ready(observed: Observed) -> CondValue:
         return ConditionStatus.FALSE, r.ROLLOUT_PENDING, "the Deployment controller has not processed the latest spec"
     if desired and ready >= desired:
         return ConditionStatus.TRUE, r.PROCESSOR_READY, f"{ready}/{desired} processor ready"
+    report = observed.report
+    if desired and report is not None and report.watermark_error:
+        return (
+            ConditionStatus.FALSE,
+            r.WATERMARK_UNREADABLE,
+            f"{ready}/{desired} processor ready: it cannot read its watermark back from InfluxDB"
+            f" ({report.watermark_error}); its token must read and write the output bucket"
+            " (spec.output.tokenSecretRef, else the first collector's token)",
+        )
     return ConditionStatus.FALSE, r.PROCESSOR_NOT_READY, f"{ready}/{desired} processor ready"
 
 

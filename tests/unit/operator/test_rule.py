@@ -251,3 +251,25 @@ def test_a_ready_processor_that_does_not_answer_is_not_flowing() -> None:
 def test_write_errors_and_buffered_points_are_named() -> None:
     failing = report(buffered_points=420, errors={"writes": {"retryable": 3}})
     assert "420 points buffered (retryable)" in cond(compute(report=failing), "DataFlowing")["message"]
+
+
+def test_a_processor_whose_token_cannot_read_its_watermark_says_so_in_ready() -> None:
+    unready = report(watermark=None, errors={"writes": {}, "watermark_read": "ApiException: (403) Forbidden"})
+    result = compute(deployment=deployment(ready=0), report=unready)
+    ready = cond(result, "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", reasons.WATERMARK_UNREADABLE)
+    assert "(403) Forbidden" in ready["message"]
+    assert "spec.output.tokenSecretRef" in ready["message"]
+    assert any(t.warning for t in result.transitions), "a token that cannot read is not a normal rollout step"
+
+
+def test_the_processor_uses_the_rules_own_token_when_given_else_the_collectors() -> None:
+    def token_of(built: dict[str, dict[str, Any]]) -> tuple[str, str]:
+        volumes = built["Deployment"]["spec"]["template"]["spec"]["volumes"]
+        (secret,) = [v["secret"] for v in volumes if "secret" in v]
+        config = ProcessorConfig.model_validate_json(built["ConfigMap"]["data"]["processor.json"])
+        return secret["secretName"], str(config.influxdb.token_file)
+
+    assert token_of(objects()) == ("influxdb-auth", "/var/run/secrets/observatory/influxdb/token")
+    own = objects(spec={"output": {"measurement": "m", "tokenSecretRef": {"name": "influxdb-processor", "key": "rw"}}})
+    assert token_of(own) == ("influxdb-processor", "/var/run/secrets/observatory/influxdb/rw")
