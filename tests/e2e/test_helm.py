@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import re
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -86,12 +87,15 @@ def kubectl(control_plane: ControlPlane, *args: str) -> str:
 
 
 def table(text: str) -> dict[str, dict[str, str]]:
-    """``kubectl get`` output → {NAME: {COLUMN: value}} (every cell here is one word)."""
-    lines = [line.split() for line in text.strip().splitlines()]
+    """``kubectl get`` output → {NAME: {COLUMN: value}}, cut at the header's columns (an empty cell stays empty)."""
+    lines = text.rstrip().splitlines()
     if not lines:
         return {}
-    header, rows = lines[0], lines[1:]
-    return {row[0]: dict(zip(header, row, strict=False)) for row in rows}
+    starts = [m.start() for m in re.finditer(r"\S+", lines[0])]
+    header = lines[0].split()
+    bounds = list(zip(starts, [*starts[1:], None], strict=True))
+    rows = [{name: line[a:b].strip() for name, (a, b) in zip(header, bounds, strict=True)} for line in lines[1:]]
+    return {row["NAME"]: row for row in rows}
 
 
 def operator_pods(control_plane: ControlPlane, namespace: str, release: str) -> list[Obj]:
@@ -427,12 +431,12 @@ def rollup_flow(
     def rule_view() -> dict[str, str] | None:
         out = kubectl(control_plane, "get", "aggregationrules", "-n", agents_namespace)
         row = table(out).get("cpu-rollup")
-        if row and row.get("READY") == "1/1" and row.get("LAST-WINDOW") not in (None, "", "<unknown>", "<none>"):
+        if row and (row["READY"], row["SERIES"], row["PHASE"]) == ("1/1", "1", "Ready") and row["LAST-WINDOW"]:
             return row
         return None
 
-    row = wait_until(rule_view, timeout=WAIT, what="kubectl get aggregationrules: READY 1/1 and a LAST-WINDOW")
-    assert (row["WINDOW"], row["SERIES"], row["PHASE"]) == (RULE_WINDOW, "1", "Ready"), row
+    row = wait_until(rule_view, timeout=WAIT, what="kubectl get aggregationrules: READY 1/1, LAST-WINDOW, SERIES 1")
+    assert row["WINDOW"] == RULE_WINDOW, row
 
     def from_every_agent() -> list[dict[str, Any]] | None:
         points = rollups_since(target, rule_applied, rule_doc["spec"]["output"]["measurement"])

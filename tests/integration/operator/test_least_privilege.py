@@ -44,7 +44,12 @@ ROLLUP = {
     "apiVersion": "observatory.happypatterns.org/v1alpha1",
     "kind": "AggregationRule",
     "metadata": {"name": "roll"},
-    "spec": {"collectors": ["nodes"], "metrics": ["system.cpu.usage"], "window": "1m"},
+    "spec": {
+        "collectors": ["nodes"],
+        "metrics": ["system.cpu.usage"],
+        "window": "1m",
+        "output": {"measurement": "cluster.cpu.usage"},
+    },
 }
 
 
