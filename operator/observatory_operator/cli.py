@@ -53,7 +53,7 @@ from observatory_agent.cli import limit_malloc_arenas  # noqa: E402
 from observatory_operator import __version__, metrics  # noqa: E402
 from observatory_operator.controller.cache import Cache  # noqa: E402
 from observatory_operator.controller.machinery import Controller, Machinery  # noqa: E402
-from observatory_operator.handlers import collector  # noqa: E402
+from observatory_operator.handlers import collector, rule  # noqa: E402
 from observatory_operator.kube import client  # noqa: E402
 from observatory_operator.kube.lease import LeaderElector  # noqa: E402
 from observatory_operator.kube.probe import Prober  # noqa: E402
@@ -154,6 +154,7 @@ def build_registry(machinery: Machinery, *, elector: LeaderElector | None) -> ko
         await machinery.stop()
 
     collector.register(registry, machinery.controller(collector.COLLECTORS.kind))
+    rule.register(registry, machinery.controller(rule.RULES.kind))
     return registry
 
 
@@ -166,15 +167,25 @@ async def _operate(args: argparse.Namespace, settings: Settings) -> int:
     prober = Prober(
         timeout_seconds=settings.reconcile.probe_timeout_seconds, body_limit=settings.reconcile.probe_body_limit_bytes
     )
-    machinery.add(
+    collectors = machinery.add(
         Controller(
-            collector.kind(settings, prober),
+            collector.kind(settings, prober, processors=rule.targets_for),
             kube=kube,
             cache=cache,
             settings=settings.reconcile,
             annotation=names.INPUT_HASH_ANNOTATION,
         )
     )
+    rules = machinery.add(
+        Controller(
+            rule.kind(settings, prober),
+            kube=kube,
+            cache=cache,
+            settings=settings.reconcile,
+            annotation=names.INPUT_HASH_ANNOTATION,
+        )
+    )
+    rule.connect(rules, collectors)
     stopped = asyncio.Event()
     lost = False
 
@@ -231,6 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         agent=AgentDefaults(image=args.agent_image),
         reconcile=ReconcileSettings(resync_seconds=args.resync_seconds),
         service_monitor_labels=dict(args.servicemonitor_label),
+        # In a cluster the chart sets POD_NAMESPACE: processors' NetworkPolicies admit the operator's probes from there.
+        operator_namespace=os.environ.get("POD_NAMESPACE") or None,
     )
     # One malloc arena (the agent's reasoning: the GIL serialises allocations anyway; each extra
     # arena keeps freed memory resident). Before any thread starts, metrics' server thread included.

@@ -50,6 +50,8 @@ class Verdict:
 READY: Final = "Ready"
 RECONCILED: Final = "Reconciled"
 DATA_FLOWING: Final = "DataFlowing"
+CARDINALITY_LIMITED: Final = "CardinalityLimited"
+"""AggregationRule: True while maxSeries drops groups of the newest window."""
 
 # --- Reconciled ---------------------------------------------------------------------------
 
@@ -85,10 +87,6 @@ NO_AGENTS: Final = "NoAgents"
 COLLECTION_DISABLED: Final = "CollectionDisabled"
 """DataFlowing's reason when agents write nothing on purpose: not a Degraded collector."""
 
-TRANSIENT: Final = frozenset(
-    {NO_DAEMONSET, ROLLOUT_PENDING, AGENTS_NOT_READY, WAITING_FOR_AGENTS, WAITING_FOR_FIRST_WRITE, PAUSED}
-)
-"""False/Unknown reasons that are a normal step of a rollout or a user's choice: Normal Events, not Warnings."""
 
 # --- uncovered nodes ----------------------------------------------------------------------
 
@@ -98,6 +96,25 @@ AFFINITY_MISMATCH: Final = "AffinityMismatch"
 POD_PENDING: Final = "PodPending"
 POD_FAILING: Final = "PodFailing"
 
+# --- AggregationRule ------------------------------------------------------------------------
+
+COLLECTOR_NOT_FOUND: Final = "CollectorNotFound"
+"""Reconciled=False: a collector the rule names does not exist (the processor still runs for the others)."""
+WINDOW_MISMATCH: Final = "WindowMismatch"
+"""Reconciled=False: a named collector's window does not divide the rule's window (its partials are refused)."""
+NO_DEPLOYMENT: Final = "NoDeployment"
+PROCESSOR_READY: Final = "ProcessorReady"
+PROCESSOR_NOT_READY: Final = "ProcessorNotReady"
+WATERMARK_UNREADABLE: Final = "WatermarkUnreadable"
+"""Ready=False: the processor cannot read its watermark back from InfluxDB (a token that cannot read, a wrong URL)."""
+WINDOWS_WRITTEN: Final = "WindowsWritten"
+WINDOWS_LATE: Final = "WindowsLate"
+"""DataFlowing=False: the newest window written is older than two windows plus the allowed lateness."""
+WAITING_FOR_FIRST_WINDOW: Final = "WaitingForFirstWindow"
+PROCESSOR_NOT_ANSWERING: Final = "ProcessorNotAnswering"
+SERIES_DROPPED: Final = "SeriesDropped"
+WITHIN_LIMIT: Final = "WithinLimit"
+
 # --- Events about children ------------------------------------------------------------------
 
 RESTORED: Final = "Restored"
@@ -105,3 +122,19 @@ RESTORED: Final = "Restored"
 RECREATED: Final = "Recreated"
 PRUNED: Final = "Pruned"
 SHARED_CONFIG_INVALID: Final = "SharedConfigInvalid"
+
+TRANSIENT: Final = frozenset(
+    {
+        NO_DAEMONSET,
+        ROLLOUT_PENDING,
+        AGENTS_NOT_READY,
+        WAITING_FOR_AGENTS,
+        WAITING_FOR_FIRST_WRITE,
+        PAUSED,
+        NO_DEPLOYMENT,
+        PROCESSOR_NOT_READY,
+        WAITING_FOR_FIRST_WINDOW,
+        WITHIN_LIMIT,
+    }
+)
+"""False/Unknown reasons that are a normal step of a rollout or a user's choice: Normal Events, not Warnings."""

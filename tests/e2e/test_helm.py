@@ -15,9 +15,10 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import re
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +36,10 @@ pytestmark = pytest.mark.integration
 
 CHART = REPO / "helm" / "happy-observatory"
 EXAMPLE = REPO / "examples" / "collector.yaml"
+RULE_EXAMPLE = REPO / "examples" / "cpu-rollup.yaml"
 WAIT = 120.0
 """Per wait: generous for a loaded machine, bounded so a broken flow fails rather than hangs."""
-INTERVAL, WINDOW = "1s", "2s"
+INTERVAL, WINDOW, RULE_WINDOW = "1s", "2s", "4s"
 """Short but valid for the CRD (the window a whole multiple of the interval): data within seconds."""
 MEASUREMENT = "system.cpu.usage"
 CLUSTER = "e2e"
@@ -85,12 +87,15 @@ def kubectl(control_plane: ControlPlane, *args: str) -> str:
 
 
 def table(text: str) -> dict[str, dict[str, str]]:
-    """``kubectl get`` output → {NAME: {COLUMN: value}} (every cell here is one word)."""
-    lines = [line.split() for line in text.strip().splitlines()]
+    """``kubectl get`` output → {NAME: {COLUMN: value}}, cut at the header's columns (an empty cell stays empty)."""
+    lines = text.rstrip().splitlines()
     if not lines:
         return {}
-    header, rows = lines[0], lines[1:]
-    return {row[0]: dict(zip(header, row, strict=False)) for row in rows}
+    starts = [m.start() for m in re.finditer(r"\S+", lines[0])]
+    header = lines[0].split()
+    bounds = list(zip(starts, [*starts[1:], None], strict=True))
+    rows = [{name: line[a:b].strip() for name, (a, b) in zip(header, bounds, strict=True)} for line in lines[1:]]
+    return {row["NAME"]: row for row in rows}
 
 
 def operator_pods(control_plane: ControlPlane, namespace: str, release: str) -> list[Obj]:
@@ -147,6 +152,29 @@ def collector_manifest(bucket: str, directory: Path, run: str) -> Path:
     path = directory / "collector.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
+
+
+def rule_manifest(directory: Path) -> Path:
+    """``examples/cpu-rollup.yaml`` with a rule window of two agent windows, so roll-ups come within seconds."""
+    doc: dict[str, Any] = yaml.safe_load(RULE_EXAMPLE.read_text())
+    doc["spec"]["window"], doc["spec"]["allowedLateness"] = RULE_WINDOW, "2s"
+    path = directory / "cpu-rollup.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def rollups_since(influxdb: InfluxDB, since: dt.datetime, measurement: str) -> list[dict[str, Any]]:
+    """The cpu-rollup rule's points (window end, ``nodes``, ``mean``) written for windows ending after ``since``."""
+    flux = f"""
+        from(bucket: "{influxdb.bucket}")
+          |> range(start: {since.strftime("%Y-%m-%dT%H:%M:%SZ")})
+          |> filter(fn: (r) => r._measurement == "{measurement}" and r.rule == "cpu-rollup")
+          |> filter(fn: (r) => r.cluster == "{CLUSTER}")
+          |> filter(fn: (r) => r._field == "nodes" or r._field == "mean")
+          |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")
+    """
+    with influxdb.client() as client:
+        return [dict(r.values) for t in client.query_api().query(flux) for r in t.records]
 
 
 def nodes_with_points(influxdb: InfluxDB, since: dt.datetime, run: str) -> dict[str, set[str]]:
@@ -344,6 +372,9 @@ def install_collect_uninstall(
                 assert found[node] == {CLUSTER}, f"{node}: cluster tag from the shared-config, got {found[node]}"
             step("points from every untainted node in InfluxDB")
 
+            if nodes.mode == REAL:  # agents reach the processor by its Service's DNS name
+                rollup_flow(control_plane, nodes, target, agents_namespace, work, step)
+
             # helm uninstall takes the operator away (its pod too); the collector and its agents stay.
             collector = control_plane.kube.get(
                 f"/apis/observatory.happypatterns.org/v1alpha1/namespaces/{agents_namespace}/observatorycollectors/nodes"
@@ -382,6 +413,41 @@ def install_collect_uninstall(
         # A failed test must not leave cluster-scoped RBAC behind for the next one.
         with contextlib.suppress(subprocess.TimeoutExpired, ApiError):
             helm_cli("uninstall", release, "--namespace", namespace, "--ignore-not-found", check=False)
+
+
+def rollup_flow(
+    control_plane: ControlPlane,
+    nodes: Nodes,
+    target: InfluxDB,
+    agents_namespace: str,
+    work: Path,
+    step: Callable[[str], None],
+) -> None:
+    """``examples/cpu-rollup.yaml`` on the running collector: a processor, partials from every agent, roll-ups."""
+    rule_applied = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    kubectl(control_plane, "apply", "-n", agents_namespace, "-f", str(rule_manifest(work)))
+    rule_doc = yaml.safe_load(RULE_EXAMPLE.read_text())
+
+    def rule_view() -> dict[str, str] | None:
+        out = kubectl(control_plane, "get", "aggregationrules", "-n", agents_namespace)
+        row = table(out).get("cpu-rollup")
+        if row and (row["READY"], row["SERIES"], row["PHASE"]) == ("1/1", "1", "Ready") and row["LAST-WINDOW"]:
+            return row
+        return None
+
+    row = wait_until(rule_view, timeout=WAIT, what="kubectl get aggregationrules: READY 1/1, LAST-WINDOW, SERIES 1")
+    assert row["WINDOW"] == RULE_WINDOW, row
+
+    def from_every_agent() -> list[dict[str, Any]] | None:
+        points = rollups_since(target, rule_applied, rule_doc["spec"]["output"]["measurement"])
+        full = [p for p in points if p.get("nodes") == len(nodes.untainted)]
+        return full or None
+
+    (point, *_) = wait_until(
+        from_every_agent, timeout=WAIT, what="a cluster roll-up merging every untainted node's partial"
+    )
+    assert 0.0 <= point["mean"] <= 100.0, point
+    step(f"kubectl get aggregationrules: READY 1/1 LAST-WINDOW {row['LAST-WINDOW']}; roll-ups in InfluxDB")
 
 
 def bundled(control_plane: ControlPlane, namespace: str, release: str, token: str) -> InfluxDB:

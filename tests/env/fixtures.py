@@ -47,6 +47,8 @@ class _Bed:
     root: Path | None = None
     timings: dict[str, float] | None = None
     mode: str = ""
+    host: realnodes.HostNetwork | None = None
+    """The machine's real-node lock, taken right after collection (see ``pytest_collection_finish``)."""
 
     @property
     def logs(self) -> Path | None:
@@ -164,7 +166,8 @@ def host_network(bed_mode: str, bed_root: Path) -> Iterator[realnodes.HostNetwor
     if bed_mode != REAL:
         yield None
         return
-    host = realnodes.open_host(bed_root, realnodes.default_specs())
+    host = realnodes.open_host(bed_root, realnodes.default_specs(), _BED.host)
+    _BED.host = None
     left: list[str] = []
     try:
         yield host
@@ -324,6 +327,18 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         build.ensure(sorted(needed))
         if real and "kubernetes" in needed:
             images.ensure(images.NODE_IMAGES)
+            own_beds = any(item.get_closest_marker("whole_bed") for item in session.items)
+            if not own_beds and any("host_network" in getattr(item, "fixturenames", ()) for item in session.items):
+                # Another bed may hold the machine: wait for it here, where no test's timeout runs (not when a
+                # whole_bed test will run first: it needs the machine free for a bed of its own).
+                _BED.host = realnodes.HostNetwork()
+                _BED.host.acquire(timeout=3600.0)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _BED.host is not None:  # taken but never used (no test needed the bed after all)
+        _BED.host.release()
+        _BED.host = None
 
 
 # --- reporting --------------------------------------------------------------------------

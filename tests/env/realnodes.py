@@ -973,10 +973,14 @@ def _node_image_refs() -> list[str]:
     return [images.PAUSE_REF, images.STAND_IN_REF, images.project_ref(), images.influxdb_ref()]
 
 
-def open_host(bed_dir: Path, specs: list[NodeSpec]) -> HostNetwork:
-    """Take the machine for a bed: the lock, what a crashed bed left cleared, images built, the host set up."""
-    host = HostNetwork()
-    host.acquire()
+def open_host(bed_dir: Path, specs: list[NodeSpec], host: HostNetwork | None = None) -> HostNetwork:
+    """Take the machine for a bed: the lock, what a crashed bed left cleared, images built, the host set up.
+
+    ``host``: a HostNetwork whose lock is already held (taken early, while waiting costs no test its timeout).
+    """
+    if host is None:
+        host = HostNetwork()
+        host.acquire()
     try:
         cleared = host.clear_stale([node_cache(s.name) for s in specs])
         if cleared:

@@ -15,7 +15,14 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from observatory_agent.contract import DEFAULT_METRICS_PORT, DURATION_PATTERN, SYSTEM_COLLECTORS, parse_duration
+from observatory_agent.contract import (
+    DEFAULT_METRICS_PORT,
+    DEFAULT_ROLLUP_FUNCTIONS,
+    DURATION_PATTERN,
+    ROLLUP_FUNCTION_PATTERN,
+    SYSTEM_COLLECTORS,
+    parse_duration,
+)
 
 GROUP: Final = "observatory.happypatterns.org"
 VERSION: Final = "v1alpha1"
@@ -477,8 +484,8 @@ class ObservatoryCollector(_Model):
 
 # --- AggregationRule ----------------------------------------------------------------------
 
-DEFAULT_FUNCTIONS: Final = ("mean", "max", "p95")
-FUNCTION_PATTERN: Final = r"^(count|sum|mean|min|max|last|p[0-9]{1,2}(\.[0-9]+)?)$"
+DEFAULT_FUNCTIONS: Final = DEFAULT_ROLLUP_FUNCTIONS
+FUNCTION_PATTERN: Final = ROLLUP_FUNCTION_PATTERN
 
 
 class OutputSpec(_Model):
@@ -491,6 +498,13 @@ class OutputSpec(_Model):
     )
     bucket: str | None = Field(
         default=None, max_length=256, description="Bucket. Default: the feeding collector's bucket."
+    )
+    token_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description=(
+            "The processor's InfluxDB token. It must read and write the output bucket: the processor reads"
+            " its watermark back at start. Default: the feeding collector's token."
+        ),
     )
 
 
@@ -563,12 +577,29 @@ class AggregationRuleSpec(_Model):
 
 
 class AggregationRuleStatus(_Status):
-    """Observed state of the rule's processor and its output."""
+    """Observed state of the rule's processor and of the roll-ups it writes (read from its /status)."""
 
     ready: str | None = Field(default=None, description="ready/desired processor replicas, e.g. 1/1.")
-    last_window: datetime | None = Field(default=None, description="End of the newest window written.")
-    series: int | None = Field(default=None, description="Series written in the newest window.")
-    dropped_series: int | None = Field(default=None, description="Series dropped by maxSeries in the newest window.")
+    ready_replicas: int | None = Field(default=None, description="Processor replicas that are ready.")
+    last_window: datetime | None = Field(
+        default=None, description="End of the newest window written to InfluxDB (the processor's watermark)."
+    )
+    series: int | None = Field(default=None, description="Series (groups) written in the newest window.")
+    contributing_nodes: int | None = Field(default=None, description="Nodes whose partials the newest window merged.")
+    expected_nodes: int | None = Field(
+        default=None, description="Nodes running a ready agent of the rule's collectors (those that should contribute)."
+    )
+    dropped_series: int | None = Field(
+        default=None, description="Series dropped by maxSeries in the newest window (CardinalityLimited says more)."
+    )
+    late_partials: int | None = Field(
+        default=None, description="Partials that arrived after their window's horizon since the processor started."
+    )
+    buffered_points: int | None = Field(default=None, description="Roll-up points waiting in the processor's buffer.")
+    missing_collectors: list[str] | None = Field(
+        default=None, description="Collectors the rule names that do not exist in its namespace.", max_length=32
+    )
+    config_hash: str | None = Field(default=None, description="Hash of the rendered processor config and pod template.")
 
 
 class AggregationRule(_Model):

@@ -211,9 +211,15 @@ def aggregation_rule_crd() -> dict[str, Any]:
         columns=[
             _column("Ready", "string", ".status.ready", "Ready processor replicas / desired."),
             _column("Window", "string", ".spec.window", "Roll-up window."),
-            _column("Last-Window", "date", ".status.lastWindow", "End of the newest window written."),
+            _column("Last-Window", "date", ".status.lastWindow", "End of the newest window written to InfluxDB."),
             _column("Series", "integer", ".status.series", "Series written in the newest window."),
+            _column("Phase", "string", ".status.phase", "Pending, Progressing, Ready, Degraded, Paused or Failed."),
             AGE,
+            _column("Nodes", "integer", ".status.contributingNodes", "Nodes merged into the newest window.", 1),
+            _column("Expected", "integer", ".status.expectedNodes", "Nodes that should contribute.", 1),
+            _column("Dropped", "integer", ".status.droppedSeries", "Series dropped by maxSeries, newest window.", 1),
+            _column("Late", "integer", ".status.latePartials", "Partials too late to merge.", 1),
+            _column("Measurement", "string", ".spec.output.measurement", "Output measurement.", 1),
         ],
     )
 

@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -18,7 +18,7 @@ from typing import Any, Final
 import kopf
 from pydantic import ValidationError
 
-from observatory_agent.contract import DEFAULT_METRICS_PORT
+from observatory_agent.contract import DEFAULT_METRICS_PORT, ProcessorTarget
 from observatory_operator import reasons
 from observatory_operator.api.models import API_VERSION, GROUP, VERSION, ObservatoryCollector, ObservatoryCollectorSpec
 from observatory_operator.controller.cache import Cache
@@ -72,12 +72,18 @@ def parse(body: Mapping[str, Any]) -> tuple[ObservatoryCollector | None, Verdict
 
 
 def trim_pod(pod: Obj) -> Obj:
+    """What status reads of an agent or processor pod (one store serves both kinds)."""
     meta, spec, status = pod.get("metadata") or {}, pod.get("spec") or {}, pod.get("status") or {}
+    labels = meta.get("labels") or {}
     return {
         "metadata": {
-            k: meta[k]
-            for k in ("name", "namespace", "uid", "resourceVersion", "deletionTimestamp", "ownerReferences")
-            if k in meta
+            **{
+                k: meta[k]
+                for k in ("name", "namespace", "uid", "resourceVersion", "deletionTimestamp", "ownerReferences")
+                if k in meta
+            },
+            # Which app and instance: a processor pod is found by its rule's instance label.
+            "labels": {k: labels[k] for k in (names.NAME, names.INSTANCE) if k in labels},
         },
         "spec": {
             "nodeName": spec.get("nodeName"),
@@ -93,8 +99,9 @@ def trim_pod(pod: Obj) -> Obj:
 
 
 def trim_node(node: Obj) -> Obj:
-    """Labels and taints: a heartbeat changes nothing kept here, so it pokes no round."""
+    """Labels, taints and InternalIPs: a heartbeat changes nothing kept here, so it pokes no round."""
     meta, spec = node.get("metadata") or {}, node.get("spec") or {}
+    addresses = (node.get("status") or {}).get("addresses") or []
     return {
         "metadata": {
             "name": meta.get("name"),
@@ -102,6 +109,8 @@ def trim_node(node: Obj) -> Obj:
             "labels": meta.get("labels") or {},
         },
         "spec": {"taints": spec.get("taints") or [], "unschedulable": spec.get("unschedulable", False)},
+        # Processors' NetworkPolicies admit host-network agents by their node's address.
+        "status": {"addresses": [a for a in addresses if a.get("type") == "InternalIP"]},
     }
 
 
@@ -175,8 +184,12 @@ def _metrics_port(pod: Obj) -> int:
 # --- the round --------------------------------------------------------------------------------
 
 
-def kind(settings: Settings, prober: Prober) -> Kind:
-    """The collector's round as the machinery runs it."""
+Targets = Callable[[Cache, str, str], list[ProcessorTarget]]
+"""(cache, namespace, collector) → what the AggregationRules naming that collector want its agents to send."""
+
+
+def kind(settings: Settings, prober: Prober, processors: Targets | None = None) -> Kind:
+    """The collector's round as the machinery runs it; ``processors`` reads the rules that name a collector."""
 
     async def plan(body: Obj, cache: Cache) -> Plan:
         collector, invalid = parse(body)
@@ -197,7 +210,8 @@ def kind(settings: Settings, prober: Prober) -> Kind:
                 Verdict(Outcome.BLOCKED, reasons.SHARED_CONFIG_NOT_FOUND, message), context=_Planned(spec, shared)
             )
         service_monitor = await cache.kube.served(SERVICEMONITORS.api_version)
-        built = build_collector(owner, spec, settings, service_monitor=service_monitor)
+        targets = processors(cache, owner.namespace, owner.name) if processors is not None else []
+        built = build_collector(owner, spec, settings, service_monitor=service_monitor, processors=targets)
         problem = funnel.shared_config_problem(shared, spec.shared_config.name)
         message = "children are up to date"
         if problem is not None:
@@ -259,13 +273,13 @@ def kind(settings: Settings, prober: Prober) -> Kind:
         children=(CONFIGMAPS, SERVICES, DAEMONSETS),
         optional_children=(SERVICEMONITORS,),
         child_fields={DAEMONSETS: (("spec", "template", "spec", "hostNetwork"),)},
-        child_selector=names.agent_children_selector(),
+        child_selector=names.children_selector(),
         plan=plan,
         status=status,
         watches=(
             Watch(
                 PODS,
-                label_selector=names.agent_pods_selector(),
+                label_selector=names.pods_selector(),
                 trim=trim_pod,
                 indexes={CONTROLLER_INDEX: by_controller, UID_INDEX: by_uid},
                 owners=_pod_owners,

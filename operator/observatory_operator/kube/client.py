@@ -69,6 +69,8 @@ PODS: Final = Resource("v1", "Pod", "pods")
 EVENTS: Final = Resource("v1", "Event", "events")
 NODES: Final = Resource("v1", "Node", "nodes", namespaced=False)
 DAEMONSETS: Final = Resource("apps/v1", "DaemonSet", "daemonsets")
+DEPLOYMENTS: Final = Resource("apps/v1", "Deployment", "deployments")
+NETWORKPOLICIES: Final = Resource("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies")
 LEASES: Final = Resource("coordination.k8s.io/v1", "Lease", "leases")
 SERVICEMONITORS: Final = Resource("monitoring.coreos.com/v1", "ServiceMonitor", "servicemonitors")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Final
 
 from observatory_agent.contract import (
@@ -9,10 +10,12 @@ from observatory_agent.contract import (
     AgentConfig,
     CollectorConfig,
     InfluxTarget,
+    ProcessorTarget,
     parse_duration,
 )
 from observatory_operator.api.models import ObservatoryCollectorSpec
-from observatory_operator.manifests import names
+from observatory_operator.manifests import names, pods
+from observatory_operator.manifests.pods import token_file
 from observatory_operator.settings import Settings
 
 Obj = dict[str, Any]
@@ -20,7 +23,6 @@ Obj = dict[str, Any]
 CONFIG_DIR: Final = "/etc/observatory/agent"
 CONFIG_FILE: Final = "agent.json"
 SHARED_CONFIG_DIR: Final = "/etc/observatory/shared"
-TOKEN_DIR: Final = "/var/run/secrets/observatory/influxdb"  # noqa: S105 - a mount path, not a secret
 BUFFER_DIR: Final = "/var/lib/observatory/buffer"
 HOST_MOUNTS: Final = (
     ("host-proc", "/proc", "/host/proc"),
@@ -53,14 +55,13 @@ def needs_host_pid(spec: ObservatoryCollectorSpec) -> bool:
     return "processes" in _enabled_kinds(spec)
 
 
-def token_file(spec: ObservatoryCollectorSpec) -> str | None:
-    """Where the token Secret's key is mounted in the agent pod (None without a tokenSecretRef)."""
-    ref = spec.influxdb.token_secret_ref
-    return f"{TOKEN_DIR}/{ref.key}" if ref else None
+def agent_config(
+    name: str, namespace: str, spec: ObservatoryCollectorSpec, processors: Sequence[ProcessorTarget] = ()
+) -> AgentConfig:
+    """The collector's spec as the agent's ``agent.json``; values the spec leaves unset stay unset for shared-config.
 
-
-def agent_config(name: str, namespace: str, spec: ObservatoryCollectorSpec) -> AgentConfig:
-    """The collector's spec as the agent's ``agent.json``; values the spec leaves unset stay unset for shared-config."""
+    ``processors``: the AggregationRules that name this collector, each as the series to send and where.
+    """
     influx = spec.influxdb
     return AgentConfig(
         collector=name,
@@ -82,7 +83,10 @@ def agent_config(name: str, namespace: str, spec: ObservatoryCollectorSpec) -> A
         quantiles=list(spec.aggregations.quantiles),
         exact_quantile_threshold=spec.aggregations.exact_threshold,
         tags=dict(spec.tags or {}),
-        influxdb=InfluxTarget(url=influx.url, org=influx.org, bucket=influx.bucket, token_file=token_file(spec)),
+        influxdb=InfluxTarget(
+            url=influx.url, org=influx.org, bucket=influx.bucket, token_file=token_file(spec.influxdb.token_secret_ref)
+        ),
+        processors=sorted(processors, key=lambda t: t.rule),
         buffer_dir=BUFFER_DIR,
         port=spec.metrics_port,
     )
@@ -103,39 +107,16 @@ def configmap(name: str, namespace: str, rendered: str, labels: dict[str, str]) 
     }
 
 
-def _image_version(image: str) -> str | None:
-    """The tag of ``repo:tag`` (for the version label); digests and untagged images have none."""
-    if "@" in image:
-        return None
-    last = image.rsplit("/", 1)[-1]
-    return last.split(":", 1)[1] if ":" in last else None
-
-
-def _resources(spec: ObservatoryCollectorSpec, settings: Settings) -> Obj:
-    if spec.resources is None:
-        defaults = settings.agent
-        return {
-            "requests": {"cpu": defaults.cpu_request, "memory": defaults.memory_request},
-            "limits": {"memory": defaults.memory_limit},
-        }
-    out: Obj = {}
-    if spec.resources.requests:
-        out["requests"] = {k: str(v) for k, v in spec.resources.requests.items()}
-    if spec.resources.limits:
-        out["limits"] = {k: str(v) for k, v in spec.resources.limits.items()}
-    return out
-
-
-def _env() -> list[Obj]:
-    def field_ref(var: str, path: str) -> Obj:
-        return {"name": var, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": path}}}
-
+def _env(spec: ObservatoryCollectorSpec) -> list[Obj]:
+    field_ref = pods.field_env
     return [
         field_ref("NODE_NAME", "spec.nodeName"),
         field_ref("POD_NAME", "metadata.name"),
         field_ref("POD_NAMESPACE", "metadata.namespace"),
-        # The agent binds its metrics/status server to the pod IP, which is also where the operator probes.
-        field_ref("POD_IP", "status.podIP"),
+        # The agent binds its metrics/status server to this address, which is also where the operator
+        # probes: the pod's IP, or on the host network the node's own IP — never 0.0.0.0, so agents of
+        # nodes that share one host network (and two collectors on one node) do not collide.
+        field_ref("POD_IP", "status.hostIP" if needs_host_network(spec) else "status.podIP"),
         {"name": "HOST_PROC", "value": "/host/proc"},
         {"name": "HOST_SYS", "value": "/host/sys"},
         {"name": "HOST_ROOT", "value": "/host/root"},
@@ -160,16 +141,10 @@ def _volumes(name: str, spec: ObservatoryCollectorSpec, settings: Settings) -> t
         {"name": "buffer", "mountPath": BUFFER_DIR},
         {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - an emptyDir, private to the pod
     ]
-    ref = spec.influxdb.token_secret_ref
-    if ref is not None:
-        # Only the one key is projected; 0440 with fsGroup lets the non-root agent read it and nobody else.
-        volumes.append(
-            {
-                "name": "influxdb-token",
-                "secret": {"secretName": ref.name, "items": [{"key": ref.key, "path": ref.key}], "defaultMode": 0o440},
-            }
-        )
-        mounts.append({"name": "influxdb-token", "mountPath": TOKEN_DIR, "readOnly": True})
+    token = pods.token_volume(spec.influxdb.token_secret_ref)
+    if token is not None:
+        volumes.append(token[0])
+        mounts.append(token[1])
     for volume, host_path, mount_path in HOST_MOUNTS:
         volumes.append({"name": volume, "hostPath": {"path": host_path, "type": "Directory"}})
         mount: Obj = {"name": volume, "mountPath": mount_path, "readOnly": True}
@@ -199,7 +174,7 @@ def pod_template(name: str, spec: ObservatoryCollectorSpec, settings: Settings) 
         "image": image,
         "imagePullPolicy": spec.image_pull_policy or settings.agent.image_pull_policy,
         "command": list(COMMAND),
-        "env": _env(),
+        "env": _env(spec),
         "ports": [{"name": names.METRICS_PORT_NAME, "containerPort": port, "protocol": "TCP"}],
         "readinessProbe": {
             "httpGet": {"path": "/readyz", "port": names.METRICS_PORT_NAME},
@@ -215,27 +190,20 @@ def pod_template(name: str, spec: ObservatoryCollectorSpec, settings: Settings) 
             "timeoutSeconds": 2,
             "failureThreshold": 3,
         },
-        "resources": _resources(spec, settings),
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": settings.agent.run_as_user,
-            "runAsGroup": settings.agent.run_as_user,
-            "readOnlyRootFilesystem": True,
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "resources": pods.resources(
+            spec.resources,
+            cpu=settings.agent.cpu_request,
+            memory=settings.agent.memory_request,
+            limit=settings.agent.memory_limit,
+        ),
+        "securityContext": pods.container_security(settings.agent.run_as_user),
         "volumeMounts": mounts,
     }
     pod_spec: Obj = {
         # Agents never call the API server; a mounted token would only be something to steal.
         "automountServiceAccountToken": False,
         "containers": [container],
-        "securityContext": {
-            "runAsNonRoot": True,
-            "fsGroup": settings.agent.run_as_user,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pods.pod_security(settings.agent.run_as_user),
         # Time for the agent to flush the window in progress to InfluxDB or its buffer.
         "terminationGracePeriodSeconds": 30,
         "volumes": volumes,
@@ -255,7 +223,7 @@ def pod_template(name: str, spec: ObservatoryCollectorSpec, settings: Settings) 
     if spec.priority_class_name:
         pod_spec["priorityClassName"] = spec.priority_class_name
     return {
-        "metadata": {"labels": names.pod_labels(name, _image_version(image))},
+        "metadata": {"labels": names.pod_labels(name, pods.image_version(image))},
         "spec": pod_spec,
     }
 

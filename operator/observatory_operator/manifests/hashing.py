@@ -1,4 +1,4 @@
-"""Stable input hashes: one sha256 over everything that shapes an agent pod, so only real changes roll pods."""
+"""Stable input hashes: one sha256 over everything that shapes an agent or processor pod; only real changes roll it."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from observatory_operator.objects import canonical_json
 
 
 def config_hash(rendered_agent_config: str, pod_template: dict[str, Any]) -> str:
-    """sha256 hex of the rendered ``agent.json`` and the pod template (without the hash annotation itself).
+    """sha256 hex of the rendered config (``agent.json``, ``processor.json``) and the pod template (without the hash
+    annotation itself).
 
     The shared-config ConfigMap's content is deliberately not an input: agents reload it in place,
     so an org-wide default changing must not restart every agent in the cluster.

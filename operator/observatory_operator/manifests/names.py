@@ -22,6 +22,8 @@ VERSION: Final = "app.kubernetes.io/version"
 
 AGENT_APP: Final = "happy-observatory-agent"
 AGENT_COMPONENT: Final = "agent"
+PROCESSOR_APP: Final = "happy-observatory-processor"
+PROCESSOR_COMPONENT: Final = "processor"
 OPERATOR: Final = "happy-observatory-operator"
 PRODUCT: Final = "happy-observatory"
 
@@ -34,6 +36,10 @@ COLLECTOR_ANNOTATION: Final = f"{GROUP}/collector"
 
 AGENT_CONTAINER: Final = "agent"
 METRICS_PORT_NAME: Final = "metrics"
+PROCESSOR_CONTAINER: Final = "processor"
+PROCESSOR_PORT_NAME: Final = "http"
+RULE_ANNOTATION: Final = f"{GROUP}/rule"
+"""The owning rule's full name, for when the instance label had to be shortened."""
 
 _INVALID = re.compile(r"[^a-z0-9-]+")
 
@@ -119,11 +125,53 @@ def pod_labels(collector: str, version: str | None) -> dict[str, str]:
     return labels
 
 
-def agent_children_selector() -> str:
-    """The label selector of every collector's children in any namespace (what the operator watches)."""
-    return f"{MANAGED_BY}={OPERATOR},{COMPONENT}={AGENT_COMPONENT}"
+def children_selector() -> str:
+    """The label selector of every child the operator manages, of any kind, in any namespace (what it watches).
+
+    One selector for every kind: kinds share the stores of the resources they both own (ConfigMaps,
+    Services), and each kind keeps to the children whose controller reference is one of its own.
+    """
+    return f"{MANAGED_BY}={OPERATOR}"
 
 
-def agent_pods_selector() -> str:
-    """The label selector of every agent pod (what the operator watches for status)."""
-    return f"{NAME}={AGENT_APP}"
+def pods_selector() -> str:
+    """The label selector of every agent and processor pod (what the operator watches for status)."""
+    return f"{NAME} in ({AGENT_APP},{PROCESSOR_APP})"
+
+
+# --- an AggregationRule's processor -----------------------------------------------------------
+
+
+def processor_deployment(rule: str) -> str:
+    """The processor Deployment's name."""
+    return dns_label(rule, "processor")
+
+
+def processor_configmap(rule: str) -> str:
+    """The ConfigMap holding the rendered ``processor.json``."""
+    return dns_label(rule, "processor-config")
+
+
+def processor_service(rule: str) -> str:
+    """The Service agents send partials to (a DNS-1035 label: agents address it by name)."""
+    return dns_label(rule, "processor")
+
+
+def processor_networkpolicy(rule: str) -> str:
+    """The NetworkPolicy admitting only the rule's agents and the operator."""
+    return dns_label(rule, "processor")
+
+
+def processor_selector_labels(rule: str) -> Mapping[str, str]:
+    """The Deployment's selector (immutable once created, as for agents)."""
+    return MappingProxyType({NAME: PROCESSOR_APP, INSTANCE: label_value(rule)})
+
+
+def processor_labels(rule: str) -> dict[str, str]:
+    """Labels on every child of a rule."""
+    return {
+        **processor_selector_labels(rule),
+        COMPONENT: PROCESSOR_COMPONENT,
+        MANAGED_BY: OPERATOR,
+        PART_OF: PRODUCT,
+    }

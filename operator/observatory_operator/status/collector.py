@@ -17,7 +17,6 @@ table-driven test with a fixed clock. The rules, in the words a user reads in ``
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +33,18 @@ from observatory_operator.api.models import (
     UncoveredNode,
 )
 from observatory_operator.reasons import Outcome, Verdict
-from observatory_operator.status.conditions import Computed, CondValue, Notice, parse_time, settle
+from observatory_operator.status.conditions import (
+    MAX_POINTS,
+    MAX_TIMESTAMP,
+    Computed,
+    CondValue,
+    Notice,
+    finite,
+    human,
+    invalid,
+    parse_time,
+    settle,
+)
 
 Obj = Mapping[str, Any]
 
@@ -44,9 +54,6 @@ MAX_NAMED: Final = 5
 """Condition messages name at most this many nodes, then say how many more."""
 CLOCK_SKEW_SECONDS: Final = 120.0
 """A write an agent dates further in the future than this is not believed (its clock, or its answer, is wrong)."""
-MAX_TIMESTAMP: Final = 4_102_444_800.0
-"""2100-01-01: larger "unix seconds" are garbage, not a date."""
-MAX_POINTS: Final = 2**53
 
 UNCOVERED_ORDER: Final = (r.POD_FAILING, r.POD_PENDING, r.NOT_TOLERATED, r.AFFINITY_MISMATCH, r.SELECTOR_MISMATCH)
 """The order uncoveredNodes lists reasons in: what someone can act on first."""
@@ -83,17 +90,6 @@ _HOST_NETWORK_TOLERATION: Final = ("node.kubernetes.io/network-unavailable", "No
 # --- inputs -------------------------------------------------------------------------------
 
 
-def _finite(value: Any, low: float, high: float) -> float | None:
-    """``value`` as a float when it is a real number in [low, high]; None for bools, NaN, ±inf, garbage."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:  # an integer too large for a float
-        return None
-    return number if math.isfinite(number) and low <= number <= high else None
-
-
 @dataclass(frozen=True)
 class AgentReport:
     """One agent's ``/status`` answer, as far as status needs it."""
@@ -113,10 +109,10 @@ class AgentReport:
         Numbers must be finite and plausible (a timestamp before 2100, a point count below 2**53);
         anything else reads as absent, never raises.
         """
-        buffered = _finite(data.get("buffered_points"), 0, MAX_POINTS)
+        buffered = finite(data.get("buffered_points"), 0, MAX_POINTS)
         raw_hash = data.get("config_hash")
         return cls(
-            last_successful_write=_finite(data.get("last_successful_write"), 0, MAX_TIMESTAMP),
+            last_successful_write=finite(data.get("last_successful_write"), 0, MAX_TIMESTAMP),
             buffered_points=int(buffered) if buffered is not None else 0,
             ready=data.get("ready") is True,
             config_hash=raw_hash[:128] if isinstance(raw_hash, str) else None,
@@ -172,15 +168,6 @@ def shared_config_problem(data: Mapping[str, str] | None, name: str) -> str | No
     except ConfigError as exc:
         return str(exc)
     return None
-
-
-def _human(seconds: float) -> str:
-    seconds = max(int(seconds), 0)
-    if seconds < 120:
-        return f"{seconds}s"
-    if seconds < 7200:
-        return f"{seconds // 60}m"
-    return f"{seconds // 3600}h"
 
 
 def _some(items: Sequence[str]) -> str:
@@ -497,14 +484,14 @@ def _agent_lag(pod: Obj, report: AgentReport | None, horizon: float, window: flo
     where = _pod_node(pod) or str(pod["metadata"]["name"])
     if future:
         # Not a write this agent is still waiting for: an answer (or a clock) that is wrong.
-        return f"{where} (last write dated {_human((last or 0) - now.timestamp())} in the future; agent clock?)"
+        return f"{where} (last write dated {human((last or 0) - now.timestamp())} in the future; agent clock?)"
     started = parse_time((pod.get("status") or {}).get("startTime"))
     young = started is None or (now - started).total_seconds() < 2 * window
     if report is None:
         return "" if young else f"{where} (no answer from /status)"
     if last is None:
         return "" if young else f"{where} (no successful write; {report.buffered_points} points buffered)"
-    ago = _human(now.timestamp() - last)
+    ago = human(now.timestamp() - last)
     return f"{where} (last write {ago} ago; {report.buffered_points} points buffered)"
 
 
@@ -530,7 +517,7 @@ def _data_flowing(
             stale.append(lag)
         else:
             warming += 1
-    span = _human(2 * window)
+    span = human(2 * window)
     head = f"{reporting}/{desired} agents wrote within {span}"
     missing = desired - reporting
     # Pods not created yet are a rollout in progress, not a broken data path.
@@ -674,23 +661,6 @@ def compute(observed: Observed, now: datetime) -> Computed:
         config_hash=observed.config_hash,
     )
     return Computed(status=status.model_dump(by_alias=True, mode="json"), transitions=transitions)
-
-
-def invalid(generation: int, verdict: Verdict, previous_conditions: Sequence[Obj], now: datetime) -> Computed:
-    """Status for a resource whose spec could not even be parsed: Failed, with the reason naming the field."""
-    held = [c for c in previous_conditions if c.get("type") == r.RECONCILED]
-    conditions, transitions = settle(
-        ((r.RECONCILED, (ConditionStatus.FALSE, verdict.reason, verdict.message)),),
-        held,
-        generation=generation,
-        now=now,
-    )
-    status = {
-        "observedGeneration": generation,
-        "phase": Phase.FAILED.value,
-        "conditions": [c.model_dump(by_alias=True, mode="json") for c in conditions],
-    }
-    return Computed(status=status, transitions=transitions)
 
 
 def shared_config_notice(problem: str | None, previous_conditions: Sequence[Obj]) -> Notice | None:

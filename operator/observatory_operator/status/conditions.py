@@ -7,13 +7,15 @@ prometheus-operator's do) and lists the transitions worth an Event.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from observatory_operator import reasons
-from observatory_operator.api.models import Condition, ConditionStatus
+from observatory_operator.api.models import Condition, ConditionStatus, Phase
+from observatory_operator.reasons import Verdict
 
 CondValue = tuple[ConditionStatus, str, str]
 """(status, reason, message) of one condition."""
@@ -51,6 +53,32 @@ class Computed:
     """camelCase, JSON-ready; None values are explicit so a merge patch clears stale fields."""
     transitions: list[Transition] = field(default_factory=list)
     notices: list[Notice] = field(default_factory=list)
+
+
+MAX_TIMESTAMP: Final = 4_102_444_800.0
+"""2100-01-01: larger "unix seconds" are garbage, not a date."""
+MAX_POINTS: Final = 2**53
+
+
+def finite(value: Any, low: float, high: float) -> float | None:
+    """``value`` as a float when it is a real number in [low, high]; None for bools, NaN, ±inf, garbage."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an integer too large for a float
+        return None
+    return number if math.isfinite(number) and low <= number <= high else None
+
+
+def human(seconds: float) -> str:
+    """A duration as people read it in a condition message: 45s, 12m, 3h."""
+    seconds = max(int(seconds), 0)
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h"
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -100,4 +128,35 @@ def settle(
     return conditions, transitions
 
 
-__all__ = ["Computed", "CondValue", "Notice", "Transition", "parse_time", "settle"]
+def invalid(
+    generation: int, verdict: Verdict, previous_conditions: Sequence[Mapping[str, Any]], now: datetime
+) -> Computed:
+    """Status for a resource whose spec could not even be parsed: Failed, with the reason naming the field."""
+    held = [c for c in previous_conditions if c.get("type") == reasons.RECONCILED]
+    conditions, transitions = settle(
+        ((reasons.RECONCILED, (ConditionStatus.FALSE, verdict.reason, verdict.message)),),
+        held,
+        generation=generation,
+        now=now,
+    )
+    status = {
+        "observedGeneration": generation,
+        "phase": Phase.FAILED.value,
+        "conditions": [c.model_dump(by_alias=True, mode="json") for c in conditions],
+    }
+    return Computed(status=status, transitions=transitions)
+
+
+__all__ = [
+    "MAX_POINTS",
+    "MAX_TIMESTAMP",
+    "Computed",
+    "CondValue",
+    "Notice",
+    "Transition",
+    "finite",
+    "human",
+    "invalid",
+    "parse_time",
+    "settle",
+]

@@ -54,6 +54,14 @@ def test_ctrl_c_of_make_dev_leaves_nothing_behind(tmp_path: Path) -> None:
 
         # The example collector's agents (and the operator, from the chart) run as containers now.
         wait_for(agents_running, timeout=120, what="the example collector's agents running")
+
+        def rule_ready() -> bool:
+            group = "/apis/observatory.happypatterns.org/v1alpha1"
+            rule = kube.get(f"{group}/namespaces/monitoring/aggregationrules/cpu-rollup")
+            return (rule.get("status") or {}).get("ready") == "1/1"
+
+        # The example rule's processor too (its first window is written a minute later, too long to wait here).
+        wait_for(rule_ready, timeout=120, what="examples/cpu-rollup.yaml: its processor READY 1/1")
         assert realnodes.processes_under([realnodes.node_cache(specs[0].name)]), "containers run under the bed"
         dev.send_signal(signal.SIGINT)
         assert dev.wait(timeout=180) == 0, log.read_text()[-4000:]

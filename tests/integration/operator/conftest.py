@@ -419,3 +419,30 @@ def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
         if cond["type"] == type_:
             return dict(cond)
     return {}
+
+
+def write_access(kube: Kube, namespace: str, influxdb: Any, cluster: str = "bed") -> None:
+    """What real agents need to write to the bed's InfluxDB: the token Secret and the shared-config."""
+    kube.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "influxdb-auth"},
+            "stringData": {"token": influxdb.token},
+        },
+        namespace,
+    )
+    kube.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "observatory-shared-config"},
+            "data": {
+                "influxdb_url": influxdb.url,
+                "influxdb_org": influxdb.org,
+                "influxdb_bucket": influxdb.bucket,
+                "cluster_name": cluster,
+            },
+        },
+        namespace,
+    )

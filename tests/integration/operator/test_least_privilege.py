@@ -18,10 +18,12 @@ import pytest
 import yaml
 
 from observatory_operator import rbac
+from observatory_operator.manifests import names
 from tests.env.controlplane import ControlPlane
 from tests.env.fixtures import Nodes
 from tests.env.nodesim import REPO
 from tests.integration.operator.conftest import (
+    GROUP_PATH,
     OPERATOR_ACCOUNT,
     SERVICE_MONITOR_CRD,
     Accounts,
@@ -38,6 +40,17 @@ pytestmark = pytest.mark.integration
 
 CHART = REPO / "helm" / "happy-observatory"
 LEASE = "observatory-operator"
+ROLLUP = {
+    "apiVersion": "observatory.happypatterns.org/v1alpha1",
+    "kind": "AggregationRule",
+    "metadata": {"name": "roll"},
+    "spec": {
+        "collectors": ["nodes"],
+        "metrics": ["system.cpu.usage"],
+        "window": "1m",
+        "output": {"measurement": "cluster.cpu.usage"},
+    },
+}
 
 
 def _granted() -> set[tuple[str, str, str]]:
@@ -68,13 +81,11 @@ def _sent(event: dict[str, Any]) -> set[tuple[str, str, str]]:
 
 
 def _child(kind: str, name: str, owner: dict[str, Any]) -> dict[str, Any]:
-    """A child the operator no longer wants: labelled as the collector's, controlled by it."""
-    labels = {
-        "app.kubernetes.io/name": "happy-observatory-agent",
-        "app.kubernetes.io/instance": owner["metadata"]["name"],
-        "app.kubernetes.io/component": "agent",
-        "app.kubernetes.io/managed-by": "happy-observatory-operator",
-    }
+    """A child the operator no longer wants: labelled as the collector's (or the rule's), controlled by it."""
+    owner_name = owner["metadata"]["name"]
+    labels = (
+        names.processor_labels(owner_name) if owner["kind"] == "AggregationRule" else names.common_labels(owner_name)
+    )
     ref = {
         "apiVersion": owner["apiVersion"],
         "kind": owner["kind"],
@@ -83,21 +94,27 @@ def _child(kind: str, name: str, owner: dict[str, Any]) -> dict[str, Any]:
         "controller": True,
     }
     meta = {"name": name, "labels": labels, "ownerReferences": [ref]}
+    pod_template = {
+        "metadata": {"labels": {"stray": name}},
+        "spec": {
+            "nodeSelector": {"happypatterns.org/pool": "none"},
+            "containers": [{"name": "x", "image": "registry.example/x:1"}],
+        },
+    }
     bodies: dict[str, dict[str, Any]] = {
         "ConfigMap": {"apiVersion": "v1", "data": {"x": "1"}},
         "Service": {"apiVersion": "v1", "spec": {"clusterIP": "None", "ports": [{"port": 1}]}},
         "DaemonSet": {
             "apiVersion": "apps/v1",
-            "spec": {
-                "selector": {"matchLabels": {"stray": name}},
-                "template": {
-                    "metadata": {"labels": {"stray": name}},
-                    "spec": {
-                        "nodeSelector": {"happypatterns.org/pool": "none"},
-                        "containers": [{"name": "x", "image": "registry.example/x:1"}],
-                    },
-                },
-            },
+            "spec": {"selector": {"matchLabels": {"stray": name}}, "template": pod_template},
+        },
+        "Deployment": {
+            "apiVersion": "apps/v1",
+            "spec": {"replicas": 0, "selector": {"matchLabels": {"stray": name}}, "template": pod_template},
+        },
+        "NetworkPolicy": {
+            "apiVersion": "networking.k8s.io/v1",
+            "spec": {"podSelector": {"matchLabels": {"stray": name}}, "policyTypes": ["Ingress"]},
         },
         "ServiceMonitor": {"apiVersion": "monitoring.coreos.com/v1", "spec": {"endpoints": []}},
     }
@@ -135,6 +152,27 @@ def test_every_granted_verb_is_one_the_operator_sends(
             lambda: kube.get(f"/api/v1/namespaces/{namespace}/services/nodes-agent-metrics"),
             timeout=30,
             what="restored",
+        )
+        # A rule: its processor's children, the same prune and restore, its status.
+        kube.apply(ROLLUP, namespace)
+        deployment = f"/apis/apps/v1/namespaces/{namespace}/deployments/{names.processor_deployment('roll')}"
+        eventually(lambda: get_or_none(kube, deployment), timeout=30, what="the processor Deployment")
+        rule = kube.get(f"{GROUP_PATH}/namespaces/{namespace}/aggregationrules/roll")
+        for stray in [_child(kind, f"roll-stray-{kind.lower()}", rule) for kind in ("Deployment", "NetworkPolicy")]:
+            kube.apply(stray, namespace)
+            path = kube.path_of(stray, namespace)
+            eventually(lambda p=path: get_or_none(kube, p) is None, timeout=30, what=f"{stray['kind']} pruned")
+        policy = (
+            f"/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies/{names.processor_networkpolicy('roll')}"
+        )
+        kube.delete(policy)
+        eventually(lambda: get_or_none(kube, policy), timeout=30, what="the processor's NetworkPolicy restored")
+        eventually(
+            lambda: (kube.get(f"{GROUP_PATH}/namespaces/{namespace}/aggregationrules/roll").get("status") or {}).get(
+                "conditions"
+            ),
+            timeout=30,
+            what="the rule's status",
         )
         assert operator.process.alive(), operator.log()
     finally:

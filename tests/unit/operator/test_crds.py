@@ -94,7 +94,19 @@ def test_crd_names_columns_and_subresources() -> None:
     rule = crds["aggregationrules.yaml"]["spec"]
     assert rule["names"]["shortNames"] == ["aggrule"]
     cols = [c["name"] for c in rule["versions"][0]["additionalPrinterColumns"]]
-    assert cols == ["Ready", "Window", "Last-Window", "Series", "Age"]
+    assert cols == [
+        "Ready",
+        "Window",
+        "Last-Window",
+        "Series",
+        "Phase",
+        "Age",
+        "Nodes",
+        "Expected",
+        "Dropped",
+        "Late",
+        "Measurement",
+    ]
 
 
 def test_cel_rules_cover_what_the_schema_cannot_say() -> None:
