@@ -158,3 +158,21 @@ def test_variables_cluster_and_node_come_from_tag_values() -> None:
     assert variables["node"]["includeAll"]
     rollups = {v["name"] for v in DASHBOARDS["observatory-rollups.json"]["templating"]["list"]}
     assert "measurement" in rollups
+
+
+def test_the_operator_panel_names_only_metrics_and_labels_readme_lists() -> None:
+    prometheus = {name: w for name, w in SCHEMA.measurements.items() if w.prometheus}
+    assert len(prometheus) >= 2, prometheus
+    exprs = [
+        t["expr"]
+        for p in _panels(DASHBOARDS["observatory-health.json"])
+        if p["datasource"]["type"] == "prometheus"
+        for t in p["targets"]
+    ]
+    assert len(exprs) == 2, exprs
+    for expr in exprs:
+        (metric,) = re.findall(r"\b(observatory_operator_\w+)", expr)
+        assert metric in prometheus, f"{expr}: {metric} is not in README's Grafana table"
+        labels = {label.strip() for group in re.findall(r"by \(([^)]*)\)", expr) for label in group.split(",")}
+        labels |= set(re.findall(r"(\w+)=~", expr))
+        assert labels <= prometheus[metric].tags, f"{expr}: labels {labels - prometheus[metric].tags} not in README"
