@@ -35,6 +35,8 @@ ORG = os.environ["INFLUXDB_ORG"]
 BUCKET = os.environ["INFLUXDB_BUCKET"]
 SECRET = os.environ.get("INFLUXDB_AGENT_TOKEN_SECRET", "")
 NAMESPACES = [n for n in os.environ.get("INFLUXDB_AGENT_TOKEN_NAMESPACES", "").split(",") if n]
+ROLE = os.environ.get("INFLUXDB_AGENT_TOKEN_ROLE", "")
+"""The Role in each namespace that lets the Job write the Secret: also its owner, so it goes with the Role."""
 OWNER = os.environ.get("INFLUXDB_AGENT_TOKEN_OWNER", "")
 """``<release namespace>/<release>``: names the authorization and marks the Secrets this release owns."""
 SERVICE_ACCOUNT = os.environ.get("SERVICE_ACCOUNT_DIR", "/var/run/secrets/kubernetes.io/serviceaccount")
@@ -201,6 +203,18 @@ def check_secrets() -> dict[str, dict | None]:
     return current
 
 
+def owner_reference(namespace: str) -> dict:
+    """The Helm-managed Role in ``namespace``: owning the Secret, helm uninstall takes the token away too.
+
+    No blockOwnerDeletion: that would need update on the Role's finalizers, which the Job has no use for.
+    """
+    status, role = kube("GET", f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/roles/{ROLE}")
+    if status != 200:
+        fail(f"cannot read Role {namespace}/{ROLE} ({status}): {role.get('message', role)}")
+    uid = role["metadata"]["uid"]
+    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "name": ROLE, "uid": uid}
+
+
 def store(token: str, current: dict[str, dict | None]) -> None:
     """Server-side apply of the Secret: a PATCH naming it, so the Role can limit even create to that name.
 
@@ -211,7 +225,12 @@ def store(token: str, current: dict[str, dict | None]) -> None:
     """
     encoded = base64.b64encode(token.encode()).decode()
     for namespace, secret in current.items():
-        if secret is not None and (secret.get("data") or {}).get("token") == encoded:
+        owner = owner_reference(namespace)
+        if (
+            secret is not None
+            and (secret.get("data") or {}).get("token") == encoded
+            and owner in secret["metadata"].get("ownerReferences", [])
+        ):
             print(f"Secret {namespace}/{SECRET}: holds the agent token already")
             continue
         metadata: dict = {
@@ -223,6 +242,7 @@ def store(token: str, current: dict[str, dict | None]) -> None:
                 "app.kubernetes.io/instance": OWNER.split("/", 1)[-1],
             },
             "annotations": {OWNER_ANNOTATION: OWNER},
+            "ownerReferences": [owner],
         }
         if secret is not None:
             metadata["resourceVersion"] = secret["metadata"]["resourceVersion"]

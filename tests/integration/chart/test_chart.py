@@ -256,8 +256,12 @@ def test_the_setup_job_writes_the_agents_token_secret_in_every_collector_namespa
     roles = find(docs, "Role", "obs-influxdb-agent-token")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["observatory", "team-a", "team-b", "team-c"]
     for role in roles:
-        assert role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["influxdb-auth"],
-                                  "verbs": ["create", "get", "patch"]}]  # fmt: skip
+        assert role["rules"] == [
+            {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["influxdb-auth"],
+             "verbs": ["create", "get", "patch"]},
+            {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles"],
+             "resourceNames": ["obs-influxdb-agent-token"], "verbs": ["get"]},
+        ]  # fmt: skip
     bindings = find(docs, "RoleBinding", "obs-influxdb-agent-token")
     assert len(bindings) == 4
     account = {"kind": "ServiceAccount", "name": "obs-influxdb-setup", "namespace": "observatory"}

@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from tests.env.controlplane import ControlPlane
+from tests.env.fixtures import wait_until
 from tests.env.influx import InfluxDB, query_as, request_as, write_as
 from tests.env.kube import ApiError
 
@@ -228,6 +229,14 @@ def test_agents_get_a_write_only_token_in_every_collector_namespace(setup: Setup
     healed = setup.run_job(rendered)
     assert healed.returncode == 0, healed.stdout + healed.stderr
     assert setup.token_in(setup.collector_ns[1]) == token
+    # The Secrets belong to the chart's Roles: helm uninstall deletes those, and the garbage collector them.
+    setup.control_plane.kube.delete(
+        f"/apis/rbac.authorization.k8s.io/v1/namespaces/{setup.collector_ns[0]}/roles/{RELEASE}-influxdb-agent-token"
+    )
+    wait_until(
+        lambda: setup.secret(setup.collector_ns[0]) is None, timeout=60, what="the Secret collected with its Role"
+    )
+    assert setup.secret(setup.release_ns) is not None
 
 
 def test_the_setup_account_reads_and_changes_only_the_agents_secret(setup: Setup) -> None:
