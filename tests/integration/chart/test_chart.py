@@ -314,6 +314,19 @@ def test_install_notes_tell_a_new_user_the_next_commands(helm: Path) -> None:
         assert expected in notes, f"NOTES lack {expected!r}:\n{notes}"
 
 
+def test_install_notes_with_the_bundled_influxdb_say_the_agents_token_is_made_and_write_only(helm: Path) -> None:
+    args = ["install", "obs", str(CHART), "-n", "observatory", "--dry-run=client"]
+    for s in (*FULL[3:6], "sharedConfig.namespaces={monitoring}"):
+        args += ["--set", s]
+    result = helm_run(helm, *args)
+    assert result.returncode == 0, result.stderr
+    notes = result.stdout.split("NOTES:", 1)[1]
+    assert 'may only write to\n   the bucket "observatory"' in notes, notes
+    assert 'stored it as the Secret "influxdb-auth" (key token) in\n   observatory, monitoring' in notes, notes
+    assert "kubectl -n observatory logs job/obs-influxdb-setup" in notes
+    assert "create secret generic influxdb-auth" not in notes, "nothing left for the user to create"
+
+
 def test_chart_readme_is_what_helm_docs_makes_from_the_values() -> None:
     """`make chart-docs` regenerates it; the flags are read from the Makefile so both stay one command."""
     build.ensure(["helm-docs"])
