@@ -1,4 +1,4 @@
-"""Sets up the chart's bundled InfluxDB: org, bucket, admin user and token, and the agents' write-only token.
+"""Sets up the chart's bundled InfluxDB: org, bucket, admin user and token, the agents' and the processors' tokens.
 
 Runs as a Helm hook Job after install and upgrade, with the project image's Python and only its
 standard library. Idempotent:
@@ -14,12 +14,16 @@ standard library. Idempotent:
    which may create, get and patch that one name there and nothing else (see ``store``). A
    Secret of that name that this release did not create is never overwritten: every namespace is
    checked before anything is written, and the Job fails naming it.
+3. With ``INFLUXDB_PROCESSOR_TOKEN_SECRET`` set too (``influxdb.processorToken.enabled``): the same
+   for the processors' token, which may read and write the bucket (a processor reads its watermark
+   back and writes roll-ups) and nothing else. Both are kinds of one mechanism (``KINDS``).
 
 Every failure names what was wrong. Exit code 3 means retrying cannot help (the Job's
 podFailurePolicy fails at once); anything else is retried while InfluxDB is starting.
 """
 
 import base64
+import dataclasses
 import json
 import os
 import ssl
@@ -33,7 +37,6 @@ URL = os.environ["INFLUXDB_URL"].rstrip("/")
 TOKEN = os.environ["INFLUXDB_ADMIN_TOKEN"]
 ORG = os.environ["INFLUXDB_ORG"]
 BUCKET = os.environ["INFLUXDB_BUCKET"]
-SECRET = os.environ.get("INFLUXDB_AGENT_TOKEN_SECRET", "")
 NAMESPACES = [n for n in os.environ.get("INFLUXDB_AGENT_TOKEN_NAMESPACES", "").split(",") if n]
 ROLE = os.environ.get("INFLUXDB_AGENT_TOKEN_ROLE", "")
 """The Role in each namespace that lets the Job write the Secret: also its owner, so it goes with the Role."""
@@ -43,6 +46,46 @@ SERVICE_ACCOUNT = os.environ.get("SERVICE_ACCOUNT_DIR", "/var/run/secrets/kubern
 OWNER_ANNOTATION = "observatory.happypatterns.org/agent-token-of"
 PERMANENT = 3
 """Exit code for failures a retry cannot fix (the Job fails at once)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """A token the Job makes and stores: who it is for, what it may do on the bucket, where it goes."""
+
+    who: str
+    """Names the authorization and the log lines: ``agents``, ``processors``."""
+    actions: tuple[str, ...]
+    """What it may do on the bucket, and on nothing else."""
+    secret: str
+    """The Secret's name in every namespace of ``NAMESPACES``."""
+    values: str
+    """The chart value that turns it on, named when a foreign Secret is in the way."""
+    scope: str
+    """Ends the authorization's description."""
+
+    @property
+    def description(self) -> str:
+        # Stable for the release: what the authorization grants may change (a new bucket), its name not.
+        return f"happy-observatory {self.who} of release {OWNER}: {self.scope}"
+
+
+KINDS = [
+    kind
+    for kind in (
+        Kind(
+            "agents", ("write",), os.environ.get("INFLUXDB_AGENT_TOKEN_SECRET", ""), "influxdb.agentToken", "write-only"
+        ),
+        # A processor reads its watermark back from the bucket at start, then writes roll-ups there.
+        Kind(
+            "processors",
+            ("read", "write"),
+            os.environ.get("INFLUXDB_PROCESSOR_TOKEN_SECRET", ""),
+            "influxdb.processorToken",
+            "read-write on the bucket",
+        ),
+    )
+    if kind.secret
+]
 if not URL.startswith(("http://", "https://")):
     sys.exit(f"INFLUXDB_URL must be an http(s) URL, got {URL!r}")
 
@@ -98,7 +141,7 @@ def set_up() -> None:
     print("already set up; the admin token works")
 
 
-# --- the agents' token --------------------------------------------------------------------------
+# --- the agents' and the processors' tokens -------------------------------------------------------
 
 
 def lookup(path: str, key: str, **query: str) -> list:
@@ -130,29 +173,26 @@ def _grants(authorization: dict) -> list[tuple[str, str, str]]:
     )
 
 
-def agent_token(org_id: str, bucket_id: str) -> str:
-    """The token of the one authorization that may only write to the bucket, created when missing."""
-    # Stable for the release: what the authorization grants may change (a new bucket), its name not.
-    description = f"happy-observatory agents of release {OWNER}: write-only"
-    permission = {"action": "write", "resource": {"type": "buckets", "id": bucket_id, "orgID": org_id}}
+def authorization_token(kind: Kind, org_id: str, bucket_id: str) -> str:
+    """The token of the kind's one authorization, which may do its actions on the bucket only; created when missing."""
+    description = kind.description
+    bucket = {"type": "buckets", "id": bucket_id, "orgID": org_id}
+    permissions = [{"action": a, "resource": bucket} for a in kind.actions]
     listed = call("GET", "/api/v2/authorizations?" + urllib.parse.urlencode({"orgID": org_id}), token=TOKEN)
     mine = [a for a in listed.get("authorizations") or [] if a.get("description") == description]
-    usable = [
-        a
-        for a in mine
-        if a.get("status") == "active" and a.get("token") and _grants(a) == [("write", "buckets", bucket_id)]
-    ]
+    grants = sorted((a, "buckets", bucket_id) for a in kind.actions)
+    usable = [a for a in mine if a.get("status") == "active" and a.get("token") and _grants(a) == grants]
     keep = usable[0] if usable else None
     for stale in mine:  # another bucket's, inactive, its token no longer shown, or a duplicate
         if stale is not keep:
             call("DELETE", f"/api/v2/authorizations/{stale['id']}", token=TOKEN)
-            print(f"agent token: deleted authorization {stale['id']}, which does not fit")
+            print(f"{kind.who}' token: deleted authorization {stale['id']}, which does not fit")
     if keep is not None:
-        print(f"agent token: reusing authorization {keep['id']} ({description!r})")
+        print(f"{kind.who}' token: reusing authorization {keep['id']} ({description!r})")
         return str(keep["token"])
-    wanted = {"orgID": org_id, "description": description, "permissions": [permission]}
+    wanted = {"orgID": org_id, "description": description, "permissions": permissions}
     created = call("POST", "/api/v2/authorizations", wanted, token=TOKEN)
-    print(f"agent token: created authorization {created['id']} ({description!r})")
+    print(f"{kind.who}' token: created authorization {created['id']} ({description!r})")
     return str(created["token"])
 
 
@@ -181,23 +221,23 @@ def _secret_path(namespace: str, name: str = "") -> str:
     return f"/api/v1/namespaces/{namespace}/secrets" + (f"/{name}" if name else "")
 
 
-def check_secrets() -> dict[str, dict | None]:
+def check_secrets(kind: Kind) -> dict[str, dict | None]:
     """Each namespace's current Secret (None: absent); fails before any write when one is not this release's."""
     current: dict[str, dict | None] = {}
     for namespace in NAMESPACES:
-        status, body = kube("GET", _secret_path(namespace, SECRET))
+        status, body = kube("GET", _secret_path(namespace, kind.secret))
         if status == 404:
             current[namespace] = None
             continue
         if status != 200:
-            fail(f"cannot read Secret {namespace}/{SECRET} ({status}): {body.get('message', body)}")
+            fail(f"cannot read Secret {namespace}/{kind.secret} ({status}): {body.get('message', body)}")
         owner = ((body.get("metadata") or {}).get("annotations") or {}).get(OWNER_ANNOTATION)
         if owner != OWNER:
             fail(
-                f"Secret {namespace}/{SECRET} exists and was not made by this release's setup Job "
+                f"Secret {namespace}/{kind.secret} exists and was not made by this release's setup Job "
                 f"(annotation {OWNER_ANNOTATION}={owner!r}, not {OWNER!r}); it is left as it is. Delete it to "
-                "let the chart store the agents' write-only token there, or set influxdb.agentToken.enabled=false "
-                "to keep managing it yourself"
+                f"let the chart store the {kind.who}' token there, set {kind.values}.secretName to another name, "
+                f"or set {kind.values}.enabled=false to keep managing it yourself"
             )
         current[namespace] = body
     return current
@@ -215,7 +255,7 @@ def owner_reference(namespace: str) -> dict:
     return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "name": ROLE, "uid": uid}
 
 
-def store(token: str, current: dict[str, dict | None]) -> None:
+def store(kind: Kind, token: str, current: dict[str, dict | None]) -> None:
     """Server-side apply of the Secret: a PATCH naming it, so the Role can limit even create to that name.
 
     The API server authorises a create through apply as ``create`` *with* the object's name, which a
@@ -231,14 +271,14 @@ def store(token: str, current: dict[str, dict | None]) -> None:
             and (secret.get("data") or {}).get("token") == encoded
             and owner in secret["metadata"].get("ownerReferences", [])
         ):
-            print(f"Secret {namespace}/{SECRET}: holds the agent token already")
+            print(f"Secret {namespace}/{kind.secret}: holds the {kind.who}' token already")
             continue
         metadata: dict = {
-            "name": SECRET,
+            "name": kind.secret,
             "namespace": namespace,
             "labels": {
                 "app.kubernetes.io/part-of": "happy-observatory",
-                "app.kubernetes.io/component": "influxdb-agent-token",
+                "app.kubernetes.io/component": f"influxdb-{kind.who.rstrip('s')}-token",
                 "app.kubernetes.io/instance": OWNER.split("/", 1)[-1],
             },
             "annotations": {OWNER_ANNOTATION: OWNER},
@@ -250,25 +290,27 @@ def store(token: str, current: dict[str, dict | None]) -> None:
         query = urllib.parse.urlencode({"fieldManager": "happy-observatory-influxdb-setup", "force": "true"})
         status, answer = kube(
             "PATCH",
-            f"{_secret_path(namespace, SECRET)}?{query}",
+            f"{_secret_path(namespace, kind.secret)}?{query}",
             {**applied, "data": {"token": encoded}},
             "application/apply-patch+yaml",  # JSON is YAML
         )
         if status == 409:
-            sys.exit(f"Secret {namespace}/{SECRET} changed while the Job ran; retrying checks it again")
+            sys.exit(f"Secret {namespace}/{kind.secret} changed while the Job ran; retrying checks it again")
         if status not in (200, 201):
-            fail(f"cannot write Secret {namespace}/{SECRET} ({status}): {answer.get('message', answer)}")
-        print(f"Secret {namespace}/{SECRET}: {'created' if secret is None else 'updated'} with the agent token")
+            fail(f"cannot write Secret {namespace}/{kind.secret} ({status}): {answer.get('message', answer)}")
+        done = "created" if secret is None else "updated"
+        print(f"Secret {namespace}/{kind.secret}: {done} with the {kind.who}' token")
 
 
 def main() -> None:
     wait_healthy(time.monotonic() + 240)
     set_up()
-    if not SECRET:
+    if not KINDS:
         return
-    current = check_secrets()
-    token = agent_token(*org_and_bucket())
-    store(token, current)
+    current = {kind: check_secrets(kind) for kind in KINDS}  # every Secret checked before anything is written
+    org_id, bucket_id = org_and_bucket()
+    for kind in KINDS:
+        store(kind, authorization_token(kind, org_id, bucket_id), current[kind])
 
 
 if __name__ == "__main__":
