@@ -4,8 +4,9 @@ The Job's script (``files/influxdb-setup.py``, from the rendered ConfigMap) runs
 the Job's rendered environment, authenticated to the real API server as the chart's setup
 ServiceAccount (a bound token) and authorised by nothing but the chart's Roles, against the bed's
 real influxd (set up already, as after a first install). So the agents' write-only token, the
-Secrets in every collector namespace, the Roles' limits and the reruns of ``helm upgrade`` are
-checked on real parts without a pod; ``tests/e2e/test_helm.py`` runs it as the Job in the cluster.
+processors' read-write one, the Secrets in every collector namespace, the Roles' limits and the
+reruns of ``helm upgrade`` are checked on real parts without a pod; ``tests/e2e/test_helm.py`` runs it
+as the Job in the cluster.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import secrets
 import ssl
 import subprocess
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -36,6 +38,7 @@ pytestmark = pytest.mark.integration
 CHART = Path(__file__).resolve().parents[3] / "helm" / "happy-observatory"
 RELEASE = "obs"
 OWNER_ANNOTATION = "observatory.happypatterns.org/agent-token-of"
+PROCESSOR_SECRET = "influxdb-processor"
 
 
 def authorizations(influx: InfluxDB, description_part: str) -> list[dict[str, Any]]:
@@ -214,7 +217,7 @@ def test_agents_get_a_write_only_token_in_every_collector_namespace(setup: Setup
     other = setup.bucket(f"itest-other-{run}")
     assert write_as(influx, token, other, f"itest.agent_token,run={run} value=1i 1") in (401, 403, 404)
     assert write_as(influx, influx.token, other, f"itest.agent_token,run={run} value=1i 1") == 204
-    (authorization,) = authorizations(influx, f"release {setup.release_ns}/{RELEASE}:")
+    (authorization,) = authorizations(influx, f"agents of release {setup.release_ns}/{RELEASE}:")
     assert [p["action"] for p in authorization["permissions"]] == ["write"]
 
     # helm upgrade runs the Job again: the same authorization and token, nothing rewritten.
@@ -222,7 +225,9 @@ def test_agents_get_a_write_only_token_in_every_collector_namespace(setup: Setup
     again = setup.run_job(rendered)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "reusing authorization" in again.stdout
-    assert [a["id"] for a in authorizations(influx, f"release {setup.release_ns}/{RELEASE}:")] == [authorization["id"]]
+    assert [a["id"] for a in authorizations(influx, f"agents of release {setup.release_ns}/{RELEASE}:")] == [
+        authorization["id"]
+    ]
     assert {ns: (setup.secret(ns) or {})["metadata"]["resourceVersion"] for ns in namespaces} == versions
     # A Secret deleted since is made again, with the same token.
     setup.control_plane.kube.delete(f"/api/v1/namespaces/{setup.collector_ns[1]}/secrets/influxdb-auth")
@@ -263,6 +268,7 @@ def test_the_setup_account_reads_and_changes_only_the_agents_secret(setup: Setup
 
     ns = setup.collector_ns[0]
     assert as_setup("GET", f"/api/v1/namespaces/{ns}/secrets/influxdb-auth") == 200
+    assert as_setup("GET", f"/api/v1/namespaces/{ns}/secrets/{PROCESSOR_SECRET}") == 200
     assert as_setup("GET", f"/api/v1/namespaces/{setup.release_ns}/secrets/{RELEASE}-influxdb-admin") == 403
     assert as_setup("GET", f"/api/v1/namespaces/{ns}/secrets") == 403
     assert as_setup("PATCH", f"/api/v1/namespaces/{setup.release_ns}/secrets/{RELEASE}-influxdb-admin", {}) == 403
@@ -286,6 +292,7 @@ def test_a_new_bucket_replaces_the_token_everywhere(setup: Setup) -> None:
     setup.apply_rbac(rendered)
     assert setup.run_job(rendered).returncode == 0
     old = setup.token_in(setup.release_ns)
+    processor_tokens = {ns: setup.token_in(ns, PROCESSOR_SECRET) for ns in [setup.release_ns, *setup.collector_ns]}
     bucket = f"itest-renamed-{secrets.token_hex(4)}"
     setup.buckets.append(bucket)  # the Job creates it; deleted after the test
     renamed = setup.render(f"sharedConfig.data.influxdb_bucket={bucket}")
@@ -298,8 +305,17 @@ def test_a_new_bucket_replaces_the_token_everywhere(setup: Setup) -> None:
     assert write_as(setup.influx, token, bucket, "itest.agent_token value=1i 1") == 204
     gone = write_as(setup.influx, old, setup.influx.bucket, "itest.agent_token value=1i 1")
     assert gone == 401, f"the replaced token still answered {gone}"
-    (authorization,) = authorizations(setup.influx, f"release {setup.release_ns}/{RELEASE}:")
+    (authorization,) = authorizations(setup.influx, f"agents of release {setup.release_ns}/{RELEASE}:")
     assert authorization["token"] == token
+    # The processors' token follows the bucket too: it reads and writes the new one, the old token is gone.
+    old_processor = processor_tokens[setup.release_ns]
+    (processor,) = {setup.token_in(ns, PROCESSOR_SECRET) for ns in [setup.release_ns, *setup.collector_ns]}
+    assert processor != old_processor
+    assert write_as(setup.influx, processor, bucket, "itest.processor_token value=1i 1") == 204
+    assert query_as(setup.influx, processor, bucket)[0] == 200
+    gone = write_as(setup.influx, old_processor, setup.influx.bucket, "itest.processor_token value=1i 1")
+    assert gone == 401, f"the replaced processors' token still answered {gone}"
+    assert len(authorizations(setup.influx, f"processors of release {setup.release_ns}/{RELEASE}:")) == 1
 
 
 def test_a_secret_the_release_did_not_make_is_never_overwritten(setup: Setup) -> None:
@@ -320,3 +336,92 @@ def test_a_secret_the_release_did_not_make_is_never_overwritten(setup: Setup) ->
     assert setup.secret(setup.release_ns, name) is None
     assert setup.secret(setup.collector_ns[0], name) is None
     assert authorizations(setup.influx, f"release {setup.release_ns}/{RELEASE}:") == []
+
+
+def test_processors_get_a_read_write_token_on_the_bucket_only(setup: Setup) -> None:
+    influx = setup.influx
+    rendered = setup.render()
+    setup.apply_rbac(rendered)
+    done = setup.run_job(rendered)
+    assert done.returncode == 0, done.stdout + done.stderr
+    namespaces = [setup.release_ns, *setup.collector_ns]
+    tokens = {ns: setup.token_in(ns, PROCESSOR_SECRET) for ns in namespaces}
+    token = tokens[setup.release_ns]
+    assert set(tokens.values()) == {token}, "one token, in every namespace rules may live in"
+    assert token not in (influx.token, setup.token_in(setup.release_ns)), "neither the admin's nor the agents' token"
+    for ns in namespaces:
+        metadata = (setup.secret(ns, PROCESSOR_SECRET) or {})["metadata"]
+        assert metadata["annotations"][OWNER_ANNOTATION] == f"{setup.release_ns}/{RELEASE}"
+
+    # What a processor does: write to the bucket and read back what is there (its watermark), with Flux.
+    run = secrets.token_hex(4)
+    now = int(time.time())
+    line = f"observatory.processor.watermark,run={run} end={now}i {now}"
+    assert write_as(influx, token, influx.bucket, line) == 204
+    status, body = query_as(influx, token, influx.bucket)
+    assert status == 200, body[:300]
+    assert run.encode() in body, "the point just written is read back with the processors' token"
+    # Nothing beyond the bucket: another bucket of the same org is refused, writing and reading.
+    other = setup.bucket(f"itest-other-{run}")
+    assert write_as(influx, influx.token, other, f"itest.processor_token,run={run} value=1i {now}") == 204
+    assert write_as(influx, token, other, f"itest.processor_token,run={run} value=1i {now}") in (401, 403, 404)
+    status, body = query_as(influx, token, other)
+    assert status in (401, 403, 404), f"a Flux query of another bucket answered {status}: {body[:300]!r}"
+    assert query_as(influx, influx.token, other)[0] == 200  # the same query with a token that may read it
+    assert request_as(influx, token, "GET", "/api/v2/authorizations")[0] in (401, 403)
+    (authorization,) = authorizations(influx, f"processors of release {setup.release_ns}/{RELEASE}:")
+    bucket_id = authorization["permissions"][0]["resource"]["id"]
+    assert sorted((p["action"], p["resource"]["type"], p["resource"]["id"]) for p in authorization["permissions"]) == [
+        ("read", "buckets", bucket_id),
+        ("write", "buckets", bucket_id),
+    ]
+
+    # helm upgrade runs the Job again: no extra token, the Secrets untouched.
+    versions = {ns: (setup.secret(ns, PROCESSOR_SECRET) or {})["metadata"]["resourceVersion"] for ns in namespaces}
+    again = setup.run_job(rendered)
+    assert again.returncode == 0, again.stdout + again.stderr
+    mine = f"release {setup.release_ns}/{RELEASE}:"
+    assert sorted(a["id"] for a in authorizations(influx, mine)) == sorted(
+        [authorization["id"], *(a["id"] for a in authorizations(influx, f"agents of {mine}"))]
+    )
+    assert len(authorizations(influx, mine)) == 2, "one agents' and one processors' token, however often it runs"
+    assert {ns: (setup.secret(ns, PROCESSOR_SECRET) or {})["metadata"]["resourceVersion"] for ns in namespaces} == (
+        versions
+    )
+    # helm uninstall deletes the Role, and the garbage collector the processors' Secret with it.
+    setup.control_plane.kube.delete(
+        f"/apis/rbac.authorization.k8s.io/v1/namespaces/{setup.collector_ns[0]}/roles/{RELEASE}-influxdb-agent-token"
+    )
+    wait_until(
+        lambda: setup.secret(setup.collector_ns[0], PROCESSOR_SECRET) is None,
+        timeout=60,
+        what="the processors' Secret collected with its Role",
+    )
+    assert setup.secret(setup.release_ns, PROCESSOR_SECRET) is not None
+
+
+def test_a_foreign_processor_secret_stops_the_job_before_anything_is_written(setup: Setup) -> None:
+    rendered = setup.render()
+    setup.apply_rbac(rendered)
+    foreign = setup.collector_ns[0]
+    setup.control_plane.kube.create(
+        f"/api/v1/namespaces/{foreign}/secrets",
+        {"metadata": {"name": PROCESSOR_SECRET}, "stringData": {"token": "the user's own"}},
+    )
+    done = setup.run_job(rendered)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert f"Secret {foreign}/{PROCESSOR_SECRET} exists and was not made by this release" in done.stderr
+    assert "influxdb.processorToken.enabled=false" in done.stderr
+    assert setup.token_in(foreign, PROCESSOR_SECRET) == "the user's own"
+    # Not even the agents' Secret or any token: every Secret is checked before anything is written.
+    assert all(setup.secret(ns) is None for ns in [setup.release_ns, *setup.collector_ns])
+    assert authorizations(setup.influx, f"release {setup.release_ns}/{RELEASE}:") == []
+    # Turned off, the processors' token is not made and the user's Secret is left alone; agents get theirs.
+    off = setup.render("influxdb.processorToken.enabled=false")
+    setup.apply_rbac(off)
+    done = setup.run_job(off)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert setup.token_in(foreign, PROCESSOR_SECRET) == "the user's own"
+    assert setup.secret(setup.release_ns, PROCESSOR_SECRET) is None
+    assert authorizations(setup.influx, f"processors of release {setup.release_ns}/{RELEASE}:") == []
+    assert len(authorizations(setup.influx, f"agents of release {setup.release_ns}/{RELEASE}:")) == 1
