@@ -325,6 +325,18 @@ def test_install_notes_with_the_bundled_influxdb_say_the_agents_token_is_made_an
     assert 'stored it as the Secret "influxdb-auth" (key token) in\n   observatory, monitoring' in notes, notes
     assert "kubectl -n observatory logs job/obs-influxdb-setup" in notes
     assert "create secret generic influxdb-auth" not in notes, "nothing left for the user to create"
+    # The agents' token cannot read: rules are told which Secret lets processors read their watermark back.
+    assert 'as the Secret "influxdb-processor" (key token)' in notes, notes
+    assert "tokenSecretRef: {name: influxdb-processor, key: token}" in notes, notes
+
+
+def test_the_processors_token_secret_must_not_be_the_agents(helm: Path) -> None:
+    args = ["template", "obs", str(CHART), "-n", "observatory"]
+    for s in (*FULL[3:6], "influxdb.processorToken.secretName=influxdb-auth"):
+        args += ["--set", s]
+    result = helm_run(helm, *args)
+    assert result.returncode != 0
+    assert "influxdb.processorToken.secretName must differ from influxdb.agentToken.secretName" in result.stderr
 
 
 def test_chart_readme_is_what_helm_docs_makes_from_the_values() -> None:
