@@ -257,7 +257,7 @@ def test_the_setup_job_writes_the_agents_token_secret_in_every_collector_namespa
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["observatory", "team-a", "team-b", "team-c"]
     for role in roles:
         assert role["rules"] == [
-            {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["influxdb-auth"],
+            {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["influxdb-auth", "influxdb-processor"],
              "verbs": ["create", "get", "patch"]},
             {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles"],
              "resourceNames": ["obs-influxdb-agent-token"], "verbs": ["get"]},
@@ -273,6 +273,15 @@ def test_the_setup_job_writes_the_agents_token_secret_in_every_collector_namespa
     env = {v["name"]: v.get("value") for v in pod["containers"][0]["env"]}
     assert env["INFLUXDB_AGENT_TOKEN_NAMESPACES"] == "observatory,team-a,team-b,team-c"
     assert env["INFLUXDB_AGENT_TOKEN_SECRET"] == "influxdb-auth"
+    assert env["INFLUXDB_PROCESSOR_TOKEN_SECRET"] == "influxdb-processor"
+    # Without the processors' token the Role names the agents' Secret only, and the Job makes none.
+    agents_only = render(helm, *bundled, "influxdb.processorToken.enabled=false")
+    for role in find(agents_only, "Role", "obs-influxdb-agent-token"):
+        assert role["rules"][0]["resourceNames"] == ["influxdb-auth"]
+    (job,) = find(agents_only, "Job", "obs-influxdb-setup")
+    assert "INFLUXDB_PROCESSOR_TOKEN_SECRET" not in {
+        v["name"] for v in job["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
     # Without the agent token the Job talks to InfluxDB only: no account token, no Role.
     off = render(helm, *bundled, "influxdb.agentToken.enabled=false")
     (job,) = find(off, "Job", "obs-influxdb-setup")
@@ -280,7 +289,7 @@ def test_the_setup_job_writes_the_agents_token_secret_in_every_collector_namespa
     assert pod["automountServiceAccountToken"] is False
     assert "serviceAccountName" not in pod
     assert not find(off, "Role", "obs-influxdb-agent-token")
-    assert not [v for v in pod["containers"][0]["env"] if v["name"].startswith("INFLUXDB_AGENT_TOKEN")]
+    assert not [v for v in pod["containers"][0]["env"] if v["name"].endswith(("_TOKEN_SECRET", "_TOKEN_NAMESPACES"))]
     # And no InfluxDB of the chart's own: the token is the user's to make.
     assert not find(render(helm), "ServiceAccount", "obs-influxdb-setup")
 
