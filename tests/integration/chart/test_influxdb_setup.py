@@ -77,7 +77,8 @@ class Setup:
     work: Path
     buckets: list[str]
 
-    def render(self, *sets: str) -> Rendered:
+    def render(self, *sets: str, typed: tuple[str, ...] = ()) -> Rendered:
+        """``sets`` are strings (--set-string), ``typed`` are parsed by Helm (--set: booleans, numbers)."""
         watched, extra = self.collector_ns
         args = [
             str(self.helm), "template", RELEASE, str(CHART), "-n", self.release_ns,
@@ -91,6 +92,8 @@ class Setup:
         ]  # fmt: skip
         for s in sets:
             args += ["--set-string", s]
+        for s in typed:
+            args += ["--set", s]
         done = subprocess.run(args, capture_output=True, text=True, check=False, timeout=120)
         assert done.returncode == 0, done.stderr
         docs = [d for d in yaml.safe_load_all(done.stdout) if d]
@@ -421,7 +424,7 @@ def test_a_foreign_processor_secret_stops_the_job_before_anything_is_written(set
     assert all(setup.secret(ns) is None for ns in [setup.release_ns, *setup.collector_ns])
     assert authorizations(setup.influx, f"release {setup.release_ns}/{RELEASE}:") == []
     # Turned off, the processors' token is not made and the user's Secret is left alone; agents get theirs.
-    off = setup.render("influxdb.processorToken.enabled=false")
+    off = setup.render(typed=("influxdb.processorToken.enabled=false",))
     setup.apply_rbac(off)
     done = setup.run_job(off)
     assert done.returncode == 0, done.stdout + done.stderr
