@@ -38,6 +38,9 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models import dashboard as models
 
+from observatory_operator import metrics as operator_metrics
+from observatory_operator.reasons import Outcome
+
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUTS = (ROOT / "dashboards", ROOT / "helm" / "happy-observatory" / "files" / "dashboards")
 
@@ -170,15 +173,13 @@ def graph(
     minimum: float | None = 0,
     maximum: float | None = None,
     datasource: models.DataSourceRef = INFLUX,
-    target: cogbuilder.Builder[cogvariants.Dataquery] | None = None,
+    targets: Sequence[cogbuilder.Builder[cogvariants.Dataquery]] = (),
 ) -> timeseries.Panel:
+    panel = timeseries.Panel().title(title).description(description).datasource(datasource)
+    for target in targets or [FluxTarget(query)]:
+        panel = panel.with_target(target)
     panel = (
-        timeseries.Panel()
-        .title(title)
-        .description(description)
-        .datasource(datasource)
-        .with_target(target or FluxTarget(query))
-        .unit(unit)
+        panel.unit(unit)
         .legend(_legend())
         .tooltip(
             common_builders.VizTooltipOptions().mode(common.TooltipDisplayMode.MULTI).sort(common.SortOrder.DESCENDING)
@@ -609,8 +610,29 @@ AGENT = "observatory.agent"
 PROCESSOR = "observatory.processor"
 AGENT_SCOPE = "  |> filter(fn: (r) => r.cluster =~ /^${cluster:regex}$/ and r.node =~ /^${node:regex}$/)\n"
 PROCESSOR_SCOPE = "  |> filter(fn: (r) => r.cluster =~ /^${cluster:regex}$/ and r.rule =~ /^${rule:regex}$/)\n"
-RECONCILE_ERRORS = "observatory_operator_reconcile_errors_total"
-"""The operator's Prometheus counter of failed reconcile rounds, by kind (it is not written to InfluxDB)."""
+RECONCILES = operator_metrics.RECONCILES.describe()[0].name + "_total"
+"""The operator's rounds by ``kind`` and ``outcome`` (Prometheus, from its /metrics; not written to InfluxDB)."""
+RECONCILE_ERRORS = operator_metrics.RECONCILE_ERRORS.describe()[0].name + "_total"
+"""The operator's rounds that raised (retried with backoff), by ``kind`` and ``error`` (temporary, unexpected)."""
+FAILED_OUTCOMES = tuple(o.value for o in Outcome if o.failed)
+"""Outcomes of rounds that ended without applying: the spec is invalid, a prerequisite is missing, the API
+server refused the children. Counted in ``RECONCILES``, not in ``RECONCILE_ERRORS``: the round itself ran."""
+
+
+def operator_error_queries() -> list[prometheus.Dataquery]:
+    """The two ways a round fails: it ended with a failed outcome, or it raised."""
+    outcomes = "|".join(FAILED_OUTCOMES)
+    exprs = (
+        (
+            f'sum by (kind, outcome) (increase({RECONCILES}{{outcome=~"{outcomes}"}}[$__rate_interval]))',
+            "{{kind}} {{outcome}}",
+        ),
+        (f"sum by (kind, error) (increase({RECONCILE_ERRORS}[$__rate_interval]))", "{{kind}} raised ({{error}})"),
+    )
+    return [
+        prometheus.Dataquery().expr(expr).legend_format(legend).range().ref_id(ref).datasource(PROMETHEUS)
+        for ref, (expr, legend) in zip("AB", exprs, strict=True)
+    ]
 
 
 def health() -> builders.Dashboard:
@@ -766,17 +788,14 @@ def health() -> builders.Dashboard:
                     "Operator reconcile errors",
                     "",
                     unit=Unit.COUNT,
-                    legend="${__field.labels.kind}",
+                    legend="",  # each query's legendFormat names kind and outcome or error
                     span=24,
                     datasource=PROMETHEUS,
-                    target=prometheus.Dataquery()
-                    .expr(f"sum by (kind) (increase({RECONCILE_ERRORS}[$__rate_interval]))")
-                    .legend_format("{{kind}}")
-                    .range()
-                    .ref_id("A")
-                    .datasource(PROMETHEUS),
-                    description="Failed reconcile rounds per kind, from the operator's /metrics "
-                    "(Prometheus; the operator does not write to InfluxDB).",
+                    targets=operator_error_queries(),
+                    description="Failed reconcile rounds per kind in each interval, from the operator's /metrics "
+                    "(Prometheus; the operator does not write to InfluxDB): rounds that ended Invalid, Blocked or "
+                    "Rejected (the object's Reconciled condition says why), and rounds that raised and are "
+                    "retried with backoff (the operator's log says why).",
                 ),
             ],
         ),

@@ -464,7 +464,7 @@ class Agent:
         stats = self._delivery.stats if self._delivery else None
         agg = self._aggregator
         last = stats.last_successful_write if stats else None
-        write_errors = sum(n for k, n in stats.errors.items() if k != "dropped_buffer_full") if stats else 0
+        write_errors = stats.failed_requests if stats else 0
         return lineproto.encode_point(
             SELF_MEASUREMENT,
             self._self_tags,

@@ -12,6 +12,7 @@ are sufficient for the whole flow (Role path and ClusterRole path), and the data
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime as dt
 import os
@@ -281,10 +282,11 @@ def install_collect_uninstall(
         ]  # fmt: skip
     try:
         with explained(control_plane, nodes, scope_namespaces, release):
-            kubectl(
-                control_plane, "create", "secret", "generic", "influxdb-auth", "-n", agents_namespace,
-                f"--from-literal=token={token}",
-            )  # fmt: skip
+            if not bundled_influxdb:  # the chart's setup Job makes the agents' write-only token
+                kubectl(
+                    control_plane, "create", "secret", "generic", "influxdb-auth", "-n", agents_namespace,
+                    f"--from-literal=token={token}",
+                )  # fmt: skip
             helm_cli(
                 "install", release, str(CHART), "--namespace", namespace, *scope, *influx,
                 "--set-string", f"sharedConfig.data.cluster_name={CLUSTER}",
@@ -333,7 +335,10 @@ def install_collect_uninstall(
             target = influxdb
             if bundled_influxdb:
                 target = bundled(control_plane, namespace, release, token)
-                step(f"bundled InfluxDB set up by the chart's Job, reached at {target.url}")
+                secret = control_plane.kube.get(f"/api/v1/namespaces/{agents_namespace}/secrets/influxdb-auth")
+                agents_token = base64.b64decode(secret["data"]["token"]).decode()
+                assert agents_token != token, "agents never get the admin token"
+                step(f"bundled InfluxDB set up by the chart's Job, reached at {target.url}; agents' token made")
 
             applied = dt.datetime.now(dt.UTC).replace(microsecond=0)
             manifest = collector_manifest(target.bucket, work, release)
@@ -390,6 +395,14 @@ def install_collect_uninstall(
                 timeout=WAIT,
                 what="the operator's Deployment and pod gone after helm uninstall",
             )
+            if bundled_influxdb:
+                wait_until(
+                    lambda: (
+                        not control_plane.kube.exists(f"/api/v1/namespaces/{agents_namespace}/secrets/influxdb-auth")
+                    ),
+                    timeout=WAIT,
+                    what="the agents' token Secret gone with the chart's Role",
+                )
             step("helm uninstall")
 
             # No finalizer holds a collector while no operator runs: kubectl delete returns, and the

@@ -12,6 +12,7 @@ import shutil
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -146,3 +147,36 @@ class InfluxDB:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# --- what a given token may do (the agents' write-only token) -----------------------------------
+
+
+def request_as(
+    influx: InfluxDB, token: str, method: str, path: str, body: bytes | None = None, content: str = "application/json"
+) -> tuple[int, bytes]:
+    """One API request with ``token`` instead of the admin's: (HTTP status, body), refusals included."""
+    req = urllib.request.Request(
+        influx.url + path,
+        method=method,
+        data=body,
+        headers={"Authorization": f"Token {token}", "Content-Type": content, "Accept": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return int(resp.status), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def write_as(influx: InfluxDB, token: str, bucket: str, line: str) -> int:
+    """Write one line-protocol line (seconds) to ``bucket`` with ``token``: the HTTP status (204 written)."""
+    query = urllib.parse.urlencode({"org": influx.org, "bucket": bucket, "precision": "s"})
+    return request_as(influx, token, "POST", f"/api/v2/write?{query}", line.encode(), "text/plain")[0]
+
+
+def query_as(influx: InfluxDB, token: str, bucket: str) -> tuple[int, bytes]:
+    """A Flux query of ``bucket``'s last hour with ``token``: (HTTP status, body)."""
+    flux = f"from(bucket: {json.dumps(bucket)}) |> range(start: -1h) |> limit(n: 1)"
+    body = json.dumps({"query": flux, "type": "flux"}).encode()
+    return request_as(influx, token, "POST", "/api/v2/query?" + urllib.parse.urlencode({"org": influx.org}), body)

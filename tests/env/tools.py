@@ -1,4 +1,4 @@
-"""Debian-packaged tools the checks compare against or validate with (node_exporter, promtool).
+"""Debian-packaged tools the checks compare against or validate with (node_exporter, promtool, prometheus).
 
 ``ensure_debian_tool("promtool", "prometheus")`` returns the binary's path, installing the
 package with apt-get when it is missing and this process may (root). Services the package
@@ -21,6 +21,7 @@ from pathlib import Path
 
 NODE_EXPORTER = ("prometheus-node-exporter", "prometheus-node-exporter")
 PROMTOOL = ("promtool", "prometheus")
+PROMETHEUS = ("prometheus", "prometheus")
 REAL_NODES = (
     ("containerd", "containerd"),
     ("runc", "runc"),
@@ -109,6 +110,11 @@ def node_exporter() -> str:
 
 def promtool() -> str:
     return ensure_debian_tool(*PROMTOOL)
+
+
+def prometheus() -> str:
+    """Prometheus itself (the same package as promtool), run by tests as their own process, never as a service."""
+    return ensure_debian_tool(*PROMETHEUS)
 
 
 if __name__ == "__main__":

@@ -455,7 +455,7 @@ class Processor:
             self._dropped(),
             counters.dropped_groups,
             self._buffer.points,
-            sum(self._delivery.stats.errors.values()),
+            self._delivery.stats.failed_requests,
         )
         fields: dict[str, lineproto.FieldValue] = dict(zip(HEALTH_FIELDS, values, strict=True))
         tags = {"rule": self.spec.rule, "namespace": self.spec.namespace, "cluster": self.config.cluster}

@@ -54,6 +54,14 @@ class DeliveryStats:
     def count(self, kind: str, n: int = 1) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + n
 
+    @property
+    def failed_requests(self) -> int:
+        """Write requests that failed: the ``write_errors`` agents and processors write about themselves.
+
+        ``dropped_buffer_full`` counts points, not requests, so it stays out (it has its own counters).
+        """
+        return sum(n for kind, n in self.errors.items() if kind != "dropped_buffer_full")
+
 
 @dataclass(frozen=True)
 class _Sent:

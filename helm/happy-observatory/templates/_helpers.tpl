@@ -30,3 +30,11 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{ include "observatory.influxdbURL" . }}
 {{- end -}}
 {{- end -}}
+
+{{- /* Namespaces that may hold collectors: the release's, operator.watchNamespaces and
+sharedConfig.namespaces. A pod reads ConfigMap and Secret volumes from its own namespace, so the
+shared-config (and the agents' InfluxDB token, with the bundled InfluxDB) goes into each. JSON, for
+fromJsonArray. */ -}}
+{{- define "observatory.collectorNamespaces" -}}
+{{- concat (list .Release.Namespace) .Values.operator.watchNamespaces .Values.sharedConfig.namespaces | uniq | toJson -}}
+{{- end -}}

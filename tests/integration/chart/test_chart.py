@@ -221,6 +221,16 @@ def test_datasource_without_any_influxdb_url_is_refused_naming_the_value(helm: P
     assert "grafana.datasource.url is required" in result.stderr
 
 
+def test_grafana_is_refused_the_agents_write_only_token(helm: Path) -> None:
+    args = ["template", "obs", str(CHART), "--set", "grafana.datasource.enabled=true"]
+    for s in FULL[3:6]:
+        args += ["--set", s]
+    result = helm_run(helm, *args, "--set", "grafana.datasource.tokenSecret.name=influxdb-auth")
+    assert result.returncode != 0
+    assert 'grafana.datasource.tokenSecret.name is "influxdb-auth", the agents\' write-only token' in result.stderr
+    assert helm_run(helm, *args).returncode == 0  # the default, influxdb-read, is another Secret
+
+
 def test_shared_config_is_rendered_where_collectors_can_mount_it(helm: Path) -> None:
     docs = render(helm, "operator.watchNamespaces={team-a,team-b}", "sharedConfig.namespaces={team-c,team-a}")
     namespaces = sorted(d["metadata"]["namespace"] for d in find(docs, "ConfigMap", "observatory-shared-config"))
@@ -236,6 +246,52 @@ def test_service_monitor_labels_are_passed_to_the_operator(helm: Path) -> None:
         "spec"
     ]["containers"][0]["args"]
     assert "--servicemonitor-label=release=kube-prometheus-stack" in args
+
+
+def test_the_setup_job_writes_the_agents_token_secret_in_every_collector_namespace_and_nothing_else(
+    helm: Path,
+) -> None:
+    bundled = (*FULL[3:6], "sharedConfig.namespaces={team-c}")
+    docs = render(helm, *bundled, "operator.watchNamespaces={team-a,team-b}")
+    roles = find(docs, "Role", "obs-influxdb-agent-token")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["observatory", "team-a", "team-b", "team-c"]
+    for role in roles:
+        assert role["rules"] == [
+            {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["influxdb-auth", "influxdb-processor"],
+             "verbs": ["create", "get", "patch"]},
+            {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles"],
+             "resourceNames": ["obs-influxdb-agent-token"], "verbs": ["get"]},
+        ]  # fmt: skip
+    bindings = find(docs, "RoleBinding", "obs-influxdb-agent-token")
+    assert len(bindings) == 4
+    account = {"kind": "ServiceAccount", "name": "obs-influxdb-setup", "namespace": "observatory"}
+    for binding in bindings:
+        assert binding["subjects"] == [account]
+    (job,) = find(docs, "Job", "obs-influxdb-setup")
+    pod = job["spec"]["template"]["spec"]
+    assert (pod["serviceAccountName"], pod["automountServiceAccountToken"]) == ("obs-influxdb-setup", True)
+    env = {v["name"]: v.get("value") for v in pod["containers"][0]["env"]}
+    assert env["INFLUXDB_AGENT_TOKEN_NAMESPACES"] == "observatory,team-a,team-b,team-c"
+    assert env["INFLUXDB_AGENT_TOKEN_SECRET"] == "influxdb-auth"
+    assert env["INFLUXDB_PROCESSOR_TOKEN_SECRET"] == "influxdb-processor"
+    # Without the processors' token the Role names the agents' Secret only, and the Job makes none.
+    agents_only = render(helm, *bundled, "influxdb.processorToken.enabled=false")
+    for role in find(agents_only, "Role", "obs-influxdb-agent-token"):
+        assert role["rules"][0]["resourceNames"] == ["influxdb-auth"]
+    (job,) = find(agents_only, "Job", "obs-influxdb-setup")
+    assert "INFLUXDB_PROCESSOR_TOKEN_SECRET" not in {
+        v["name"] for v in job["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    # Without the agent token the Job talks to InfluxDB only: no account token, no Role.
+    off = render(helm, *bundled, "influxdb.agentToken.enabled=false")
+    (job,) = find(off, "Job", "obs-influxdb-setup")
+    pod = job["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert "serviceAccountName" not in pod
+    assert not find(off, "Role", "obs-influxdb-agent-token")
+    assert not [v for v in pod["containers"][0]["env"] if v["name"].endswith(("_TOKEN_SECRET", "_TOKEN_NAMESPACES"))]
+    # And no InfluxDB of the chart's own: the token is the user's to make.
+    assert not find(render(helm), "ServiceAccount", "obs-influxdb-setup")
 
 
 def test_install_notes_tell_a_new_user_the_next_commands(helm: Path) -> None:
@@ -261,10 +317,35 @@ def test_install_notes_tell_a_new_user_the_next_commands(helm: Path) -> None:
         "kubectl get observatory -A",
         "Observatory / Nodes",
         "INFLUXDB_TOKEN:",
-        "secretKeyRef: {name: influxdb-auth, key: token}",
+        "secretKeyRef: {name: influxdb-read, key: token}",
         "kubectl apply --server-side --force-conflicts",
     ):
         assert expected in notes, f"NOTES lack {expected!r}:\n{notes}"
+
+
+def test_install_notes_with_the_bundled_influxdb_say_the_agents_token_is_made_and_write_only(helm: Path) -> None:
+    args = ["install", "obs", str(CHART), "-n", "observatory", "--dry-run=client"]
+    for s in (*FULL[3:6], "sharedConfig.namespaces={monitoring}"):
+        args += ["--set", s]
+    result = helm_run(helm, *args)
+    assert result.returncode == 0, result.stderr
+    notes = result.stdout.split("NOTES:", 1)[1]
+    assert 'may only write to\n   the bucket "observatory"' in notes, notes
+    assert 'stored it as the Secret "influxdb-auth" (key token) in\n   observatory, monitoring' in notes, notes
+    assert "kubectl -n observatory logs job/obs-influxdb-setup" in notes
+    assert "create secret generic influxdb-auth" not in notes, "nothing left for the user to create"
+    # The agents' token cannot read: rules are told which Secret lets processors read their watermark back.
+    assert 'as the Secret "influxdb-processor" (key token)' in notes, notes
+    assert "tokenSecretRef: {name: influxdb-processor, key: token}" in notes, notes
+
+
+def test_the_processors_token_secret_must_not_be_the_agents(helm: Path) -> None:
+    args = ["template", "obs", str(CHART), "-n", "observatory"]
+    for s in (*FULL[3:6], "influxdb.processorToken.secretName=influxdb-auth"):
+        args += ["--set", s]
+    result = helm_run(helm, *args)
+    assert result.returncode != 0
+    assert "influxdb.processorToken.secretName must differ from influxdb.agentToken.secretName" in result.stderr
 
 
 def test_chart_readme_is_what_helm_docs_makes_from_the_values() -> None:

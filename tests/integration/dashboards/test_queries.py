@@ -1,6 +1,6 @@
 """Every dashboard query, filled in as Grafana fills it, runs on the bed's InfluxDB and returns the series it graphs.
 
-The data: real agents and seeded self-telemetry (``conftest.py``). Each dashboard is walked as
+The data: real agents feeding a real processor (``conftest.py``); nothing is seeded. Each dashboard is walked as
 Grafana walks it (``tests/env/grafana.py``): query variables run in order, panels once per repeat
 value, Grafana's variable formats and Flux macros substituted.
 """
@@ -19,7 +19,7 @@ from dashboards import generate
 from tests.env.grafana import Dashboard, DatasourceSettings, Selection, Target, flux_names
 from tests.env.influx import InfluxDB
 from tests.integration.agent.conftest import WINDOW, query
-from tests.integration.dashboards.conftest import ROLLUP, ROLLUP_FUNCTIONS, RULE, ZONES, Written
+from tests.integration.dashboards.conftest import ROLLUP_FUNCTIONS, ZONES, Written
 
 pytestmark = pytest.mark.integration
 
@@ -38,8 +38,8 @@ def _pick(written: Written) -> Any:
         name = variable["name"]
         expected = {
             "node": sorted(written.nodes),
-            "measurement": [ROLLUP],
-            "rule": [RULE],
+            "measurement": [written.rollup],
+            "rule": [written.rule],
             "function": sorted(ROLLUP_FUNCTIONS),
         }
         if name == "cluster":

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +11,9 @@ import pytest
 from dashboards import generate
 
 from tests.env.grafana import flux_names
+from tests.readme_tables import Written, readme_schema
 
 ROOT = Path(__file__).resolve().parents[3]
-README = (ROOT / "README.md").read_text()
 
 README_UNITS = {
     "%": {"percent"},
@@ -30,61 +29,6 @@ README_UNITS = {
     "inodes": {"short"},
 }
 """README's unit column → the Grafana unit ids that show it."""
-
-
-@dataclass
-class Written:
-    """One measurement as README.md says it is written."""
-
-    tags: set[str]
-    fields: set[str]
-    unit: str = ""
-    templated: bool = False
-    extra_fields: re.Pattern[str] | None = None
-
-
-@dataclass
-class Schema:
-    measurements: dict[str, Written] = field(default_factory=dict)
-
-    def find(self, name: str) -> Written | None:
-        if "${" in name:  # a roll-up's output measurement, chosen by a variable
-            return next((w for w in self.measurements.values() if w.templated), None)
-        return self.measurements.get(name)
-
-
-def _ticked(text: str) -> list[str]:
-    return re.findall(r"`([^`]+)`", text)
-
-
-def readme_schema() -> Schema:
-    """The metric table (agents' node metrics) and the Grafana section's self-telemetry table."""
-    metrics = README.split("## Metrics", 1)[1].split("\n## ", 1)[0]
-    intro = metrics.split("| metric |", 1)[0]
-    node_fields = set(_ticked(intro.split("with the fields", 1)[1].split(", timestamped", 1)[0]))
-    base_tags = set(_ticked(intro.split("carries the tags", 1)[1].split("plus", 1)[0]))
-    assert {"mean", "last", "p95"} <= node_fields, node_fields
-    assert base_tags == {"host", "node", "cluster"}, base_tags
-    schema = Schema()
-    for line in metrics.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) != 6 or not cells[0].startswith("`system."):
-            continue
-        tags = set() if cells[3] == "—" else {t.strip() for t in cells[3].split(",")}
-        schema.measurements[cells[0].strip("`")] = Written(base_tags | tags, set(node_fields), unit=cells[1])
-    grafana = README.split("## Grafana", 1)[1].split("\n## ", 1)[0]
-    for line in grafana.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) != 4 or cells[0] in {"measurement", "---"} or not cells[0].startswith(("`", "the rule")):
-            continue
-        tags, fields = set(_ticked(cells[2])), set(_ticked(cells[3]))
-        if cells[0].startswith("the rule"):
-            schema.measurements["<rule output>"] = Written(
-                tags, fields - {"pNN"}, templated=True, extra_fields=re.compile(r"p\d+(\.\d+)?")
-            )
-        else:
-            schema.measurements[_ticked(cells[0])[0]] = Written(tags, fields)
-    return schema
 
 
 SCHEMA = readme_schema()
@@ -214,3 +158,21 @@ def test_variables_cluster_and_node_come_from_tag_values() -> None:
     assert variables["node"]["includeAll"]
     rollups = {v["name"] for v in DASHBOARDS["observatory-rollups.json"]["templating"]["list"]}
     assert "measurement" in rollups
+
+
+def test_the_operator_panel_names_only_metrics_and_labels_readme_lists() -> None:
+    prometheus = {name: w for name, w in SCHEMA.measurements.items() if w.prometheus}
+    assert len(prometheus) >= 2, prometheus
+    exprs = [
+        t["expr"]
+        for p in _panels(DASHBOARDS["observatory-health.json"])
+        if p["datasource"]["type"] == "prometheus"
+        for t in p["targets"]
+    ]
+    assert len(exprs) == 2, exprs
+    for expr in exprs:
+        (metric,) = re.findall(r"\b(observatory_operator_\w+)", expr)
+        assert metric in prometheus, f"{expr}: {metric} is not in README's Grafana table"
+        labels = {label.strip() for group in re.findall(r"by \(([^)]*)\)", expr) for label in group.split(",")}
+        labels |= set(re.findall(r"(\w+)=~", expr))
+        assert labels <= prometheus[metric].tags, f"{expr}: labels {labels - prometheus[metric].tags} not in README"

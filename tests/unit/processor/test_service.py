@@ -314,6 +314,45 @@ async def test_written_window_carries_points_marker_and_health_in_one_batch(tmp_
     assert (marker.window_end, marker.instance, marker.batch) == (end, status["instance"], 0)
 
 
+async def test_points_dropped_from_a_full_buffer_are_not_counted_as_write_errors(tmp_path: Path) -> None:
+    """``write_errors`` in ``observatory.processor`` counts failed requests, as the agents' own point does.
+
+    The first window is too big for a 4 KiB buffer and is dropped whole (counted as dropped points);
+    the next window's point must still say no write request has failed.
+    """
+    run, stop = await start(tmp_path, allowed_lateness="100ms", buffer_max_bytes=4096)
+    try:
+        for _ in range(100):
+            if run.processor.ready:
+                break
+            await asyncio.sleep(0.02)
+        first = (time.time() // WINDOW) * WINDOW
+        for zone in range(80):
+            answer = await run.call("POST", "/v1/partials", partial_body(f"n{zone}", end=first, zone=f"z{zone}"))
+            assert answer[0] == 202, answer
+        for _ in range(200):
+            writes = json.loads((await run.call("GET", "/status"))[2])["errors"]["writes"]
+            if writes.get("dropped_buffer_full"):
+                break
+            await asyncio.sleep(0.05)
+        assert writes == {"dropped_buffer_full": 82}, writes  # 80 groups, the marker and the health point
+        second = first + WINDOW
+        await asyncio.sleep(max(0.0, second - time.time()))
+        answer = await run.call("POST", "/v1/partials", partial_body("n1", end=second))
+        assert answer[0] == 202, answer
+        for _ in range(200):
+            if json.loads((await run.call("GET", "/status"))[2])["buffered_points"]:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await stop.cleanup()  # type: ignore[attr-defined]
+    (record,) = DurableBuffer(tmp_path / "buffer", 1 << 20).peek_many(10)
+    health = next(line for line in record.lines if line.startswith("observatory.processor,"))
+    assert "windows_written=2i" in health, health
+    assert "write_errors=0i" in health, health
+
+
 async def test_more_agents_at_once_than_workers_are_all_answered(running: Running) -> None:
     """Connections beyond the server's workers wait in the backlog; none is refused or lost."""
     end = (time.time() // WINDOW) * WINDOW
