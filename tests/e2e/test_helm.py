@@ -155,10 +155,15 @@ def collector_manifest(bucket: str, directory: Path, run: str) -> Path:
     return path
 
 
-def rule_manifest(directory: Path) -> Path:
-    """``examples/cpu-rollup.yaml`` with a rule window of two agent windows, so roll-ups come within seconds."""
+def rule_manifest(directory: Path, token_secret: str | None) -> Path:
+    """``examples/cpu-rollup.yaml`` with a rule window of two agent windows, so roll-ups come within seconds.
+
+    ``token_secret``: the processor's own token Secret, as the chart's NOTES say when the agents' token is write-only.
+    """
     doc: dict[str, Any] = yaml.safe_load(RULE_EXAMPLE.read_text())
     doc["spec"]["window"], doc["spec"]["allowedLateness"] = RULE_WINDOW, "2s"
+    if token_secret:
+        doc["spec"]["output"]["tokenSecretRef"] = {"name": token_secret, "key": "token"}
     path = directory / "cpu-rollup.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
@@ -378,7 +383,9 @@ def install_collect_uninstall(
             step("points from every untainted node in InfluxDB")
 
             if nodes.mode == REAL:  # agents reach the processor by its Service's DNS name
-                rollup_flow(control_plane, nodes, target, agents_namespace, work, step)
+                # The chart's write-only agent token cannot read a processor's watermark: its processor token can.
+                processor_token = "influxdb-processor" if bundled_influxdb else None
+                rollup_flow(control_plane, nodes, target, agents_namespace, work, step, processor_token)
 
             # helm uninstall takes the operator away (its pod too); the collector and its agents stay.
             collector = control_plane.kube.get(
@@ -435,10 +442,11 @@ def rollup_flow(
     agents_namespace: str,
     work: Path,
     step: Callable[[str], None],
+    token_secret: str | None,
 ) -> None:
     """``examples/cpu-rollup.yaml`` on the running collector: a processor, partials from every agent, roll-ups."""
     rule_applied = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    kubectl(control_plane, "apply", "-n", agents_namespace, "-f", str(rule_manifest(work)))
+    kubectl(control_plane, "apply", "-n", agents_namespace, "-f", str(rule_manifest(work, token_secret)))
     rule_doc = yaml.safe_load(RULE_EXAMPLE.read_text())
 
     def rule_view() -> dict[str, str] | None:
