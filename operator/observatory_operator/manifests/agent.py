@@ -22,6 +22,10 @@ CONFIG_FILE: Final = "agent.json"
 SHARED_CONFIG_DIR: Final = "/etc/observatory/shared"
 TOKEN_DIR: Final = "/var/run/secrets/observatory/influxdb"  # noqa: S105 - a mount path, not a secret
 BUFFER_DIR: Final = "/var/lib/observatory/buffer"
+BUFFER_SUBPATH: Final = "$(NODE_NAME)"
+"""The buffer's hostPath is mounted at the node's own subdirectory: nodes that share a filesystem
+(diskless nodes with a shared /var/lib, the test bed's kubelets on one machine) must not share a
+buffer, whose lock would leave all but one agent holding its windows in memory."""
 HOST_MOUNTS: Final = (
     ("host-proc", "/proc", "/host/proc"),
     ("host-sys", "/sys", "/host/sys"),
@@ -126,23 +130,29 @@ def _resources(spec: ObservatoryCollectorSpec, settings: Settings) -> Obj:
     return out
 
 
-def _env() -> list[Obj]:
-    def field_ref(var: str, path: str) -> Obj:
-        return {"name": var, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": path}}}
+def _field_ref(var: str, path: str) -> Obj:
+    return {"name": var, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": path}}}
 
+
+def _env() -> list[Obj]:
     return [
-        field_ref("NODE_NAME", "spec.nodeName"),
-        field_ref("POD_NAME", "metadata.name"),
-        field_ref("POD_NAMESPACE", "metadata.namespace"),
+        _field_ref("NODE_NAME", "spec.nodeName"),
+        _field_ref("POD_NAME", "metadata.name"),
+        _field_ref("POD_NAMESPACE", "metadata.namespace"),
         # The agent binds its metrics/status server to the pod IP, which is also where the operator probes.
-        field_ref("POD_IP", "status.podIP"),
+        _field_ref("POD_IP", "status.podIP"),
         {"name": "HOST_PROC", "value": "/host/proc"},
         {"name": "HOST_SYS", "value": "/host/sys"},
         {"name": "HOST_ROOT", "value": "/host/root"},
     ]
 
 
-def _volumes(name: str, spec: ObservatoryCollectorSpec, settings: Settings) -> tuple[list[Obj], list[Obj]]:
+_BUFFER_MOUNT: Final[Obj] = {"name": "buffer", "mountPath": BUFFER_DIR, "subPathExpr": BUFFER_SUBPATH}
+
+
+def _volumes(
+    name: str, namespace: str, spec: ObservatoryCollectorSpec, settings: Settings
+) -> tuple[list[Obj], list[Obj]]:
     """(volumes, volumeMounts) of the agent pod."""
     volumes: list[Obj] = [
         {"name": "config", "configMap": {"name": names.agent_configmap(name)}},
@@ -150,14 +160,22 @@ def _volumes(name: str, spec: ObservatoryCollectorSpec, settings: Settings) -> t
             "name": "shared-config",
             "configMap": {"name": spec.shared_config.name, "optional": spec.shared_config.optional},
         },
-        {"name": "buffer", "emptyDir": {"sizeLimit": settings.agent.buffer_size_limit}},
+        # On the node's disk, so buffered windows outlive the pod (a rollout, an eviction, a crash
+        # loop); one directory per collector. The agent locks it: one writer at a time.
+        {
+            "name": "buffer",
+            "hostPath": {
+                "path": names.agent_buffer_directory(settings.agent.buffer_root, namespace, name),
+                "type": "DirectoryOrCreate",
+            },
+        },
         # Python and libraries want a writable /tmp; the root filesystem is read-only.
         {"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}},
     ]
     mounts: list[Obj] = [
         {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
         {"name": "shared-config", "mountPath": SHARED_CONFIG_DIR, "readOnly": True},
-        {"name": "buffer", "mountPath": BUFFER_DIR},
+        dict(_BUFFER_MOUNT),
         {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - an emptyDir, private to the pod
     ]
     ref = spec.influxdb.token_secret_ref
@@ -180,7 +198,41 @@ def _volumes(name: str, spec: ObservatoryCollectorSpec, settings: Settings) -> t
     return volumes, mounts
 
 
-def pod_template(name: str, spec: ObservatoryCollectorSpec, settings: Settings) -> Obj:
+def buffer_owner(image: str, pull_policy: str, resources: Obj, uid: int) -> Obj:
+    """The init container that hands the node's buffer directory to the agent's uid, and nothing more.
+
+    The kubelet creates a hostPath directory owned by root (0755), and ``fsGroup`` does not apply to
+    hostPath volumes, so the non-root agent could not write there. Rather than give the agent any
+    privilege, this container runs as root with ``CAP_CHOWN`` alone (every other capability dropped,
+    read-only root filesystem, no privilege escalation, RuntimeDefault seccomp: all within the
+    baseline Pod Security level) and chowns that one directory. Never recursively: a symlink a
+    compromised agent planted inside must not make root chown a file of the host; what is inside
+    was written by the agent and is its own already.
+    """
+    return {
+        "name": names.BUFFER_OWNER_CONTAINER,
+        "image": image,
+        "imagePullPolicy": pull_policy,
+        "command": ["chown", f"{uid}:{uid}", BUFFER_DIR],
+        # subPathExpr expands the container's own environment.
+        "env": [_field_ref("NODE_NAME", "spec.nodeName")],
+        # The agent's own: a quota or LimitRange that admits the agent admits this, and the pod's
+        # effective request (the larger of init and app containers) does not change.
+        "resources": resources,
+        "securityContext": {
+            "runAsUser": 0,
+            "runAsGroup": 0,
+            "runAsNonRoot": False,
+            "readOnlyRootFilesystem": True,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"], "add": ["CHOWN"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": [dict(_BUFFER_MOUNT)],
+    }
+
+
+def pod_template(name: str, namespace: str, spec: ObservatoryCollectorSpec, settings: Settings) -> Obj:
     """The agent pod template, without the config-hash annotation (which is computed over it).
 
     Security: the agent runs as a non-root uid with a read-only root filesystem, no capabilities,
@@ -189,15 +241,17 @@ def pod_template(name: str, spec: ObservatoryCollectorSpec, settings: Settings) 
     world-readable, so root buys nothing; per-process I/O counters of other users' processes are the
     one thing it cannot see, and the processes collector reports without them. ``hostNetwork`` and
     ``hostPID`` widen what the agent sees, not what it may do, and are set only when the network
-    or processes collector is enabled.
+    or processes collector is enabled. The one thing that runs as root is ``buffer_owner``, an init
+    container that only chowns the agent's buffer directory on the node.
     """
     image = spec.image or settings.agent.image
-    volumes, mounts = _volumes(name, spec, settings)
+    pull_policy = spec.image_pull_policy or settings.agent.image_pull_policy
+    volumes, mounts = _volumes(name, namespace, spec, settings)
     port = spec.metrics_port
     container: Obj = {
         "name": names.AGENT_CONTAINER,
         "image": image,
-        "imagePullPolicy": spec.image_pull_policy or settings.agent.image_pull_policy,
+        "imagePullPolicy": pull_policy,
         "command": list(COMMAND),
         "env": _env(),
         "ports": [{"name": names.METRICS_PORT_NAME, "containerPort": port, "protocol": "TCP"}],
@@ -230,6 +284,7 @@ def pod_template(name: str, spec: ObservatoryCollectorSpec, settings: Settings) 
     pod_spec: Obj = {
         # Agents never call the API server; a mounted token would only be something to steal.
         "automountServiceAccountToken": False,
+        "initContainers": [buffer_owner(image, pull_policy, _resources(spec, settings), settings.agent.run_as_user)],
         "containers": [container],
         "securityContext": {
             "runAsNonRoot": True,

@@ -295,15 +295,19 @@ def _failure(pod: Obj, warnings: Sequence[Obj]) -> str | None:
     if phase in {"Failed", "Succeeded"}:
         detail = status.get("reason") or status.get("message") or "exited"
         return f"pod {pod['metadata']['name']} {phase.lower()}: {detail}"
-    for cs in status.get("containerStatuses") or []:
+    # The buffer-owner init container first: while it fails, the agent container only waits.
+    statuses = [(f"init container {cs.get('name')}", cs) for cs in status.get("initContainerStatuses") or []] + [
+        ("agent", cs) for cs in status.get("containerStatuses") or []
+    ]
+    for who, cs in statuses:
         state = cs.get("state") or {}
         waiting = state.get("waiting") or {}
         if waiting.get("reason") in FAILING_WAIT_REASONS:
             message = f": {waiting['message']}" if waiting.get("message") else ""
-            return f"agent {waiting['reason']} (restarts {cs.get('restartCount', 0)}){message}"[:512]
+            return f"{who} {waiting['reason']} (restarts {cs.get('restartCount', 0)}){message}"[:512]
         last = (cs.get("lastState") or {}).get("terminated") or {}
         if not cs.get("ready") and cs.get("restartCount", 0) > 0 and last.get("exitCode", 0) != 0:
-            return f"agent restarted {cs['restartCount']} times, last exit code {last.get('exitCode')}"
+            return f"{who} restarted {cs['restartCount']} times, last exit code {last.get('exitCode')}"
     if not _is_ready(pod):
         uid = _uid(pod)
         mine = [w for w in warnings if ((w.get("involvedObject") or {}).get("uid")) == uid and uid]

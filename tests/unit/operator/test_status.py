@@ -57,6 +57,20 @@ def pod(
     }
 
 
+def init_failing(agent_pod: dict[str, Any]) -> dict[str, Any]:
+    """The pod with its buffer-owner init container crash-looping (say, an image without chown)."""
+    agent_pod["status"]["initContainerStatuses"] = [
+        {
+            "name": "buffer-owner",
+            "ready": False,
+            "restartCount": 3,
+            "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+            "lastState": {"terminated": {"exitCode": 127}},
+        }
+    ]
+    return agent_pod
+
+
 def ds(desired: int, ready: int, updated: int | None = None, *, host_network: bool = False) -> dict[str, Any]:
     updated = desired if updated is None else updated
     return {
@@ -209,6 +223,12 @@ BOTH_WROTE = {"a-1": wrote(10), "a-2": wrote(30)}
             spec(),
             [pod("a-1", "node-a"), pod("a-2", "node-b", ready=False, phase="Failed")],
             [("node-b", "PodFailing", "failed"), TAINTED],
+        ),
+        (
+            "a crash-looping buffer-owner init container is failing, named",
+            spec(),
+            [pod("a-1", "node-a"), init_failing(pod("a-2", "node-b", ready=False, waiting="PodInitializing"))],
+            [("node-b", "PodFailing", "init container buffer-owner CrashLoopBackOff (restarts 3)"), TAINTED],
         ),
     ],
 )
