@@ -394,9 +394,9 @@ class DurableBuffer:
             return None
         return self._read(self._pending[0])
 
-    def peek_many(self, n: int) -> list[Record]:
-        """The ``n`` oldest unsent batches, oldest first (fewer when fewer are pending)."""
-        return [self._read(self._pending[i]) for i in range(min(n, len(self._pending)))]
+    def peek_many(self, n: int, *, skip: int = 0) -> list[Record]:
+        """The ``n`` oldest unsent batches after the ``skip`` oldest, oldest first (fewer when fewer are pending)."""
+        return [self._read(self._pending[i]) for i in range(skip, min(skip + n, len(self._pending)))]
 
     def _read(self, entry: _Entry) -> Record:
         if entry.payload is not None:

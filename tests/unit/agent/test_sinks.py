@@ -612,6 +612,26 @@ async def test_replay_probes_the_oldest_then_goes_concurrent_and_acks_in_order(t
     assert len(buffer) == 0
 
 
+async def test_replay_sends_the_next_batch_when_the_oldest_is_answered_not_the_slowest(tmp_path: Path) -> None:
+    """InfluxDB keeps work queued: a slow batch holds back only the batches behind it in the window."""
+    buffer = DurableBuffer(tmp_path, 1 << 20)
+    for i in range(8):
+        buffer.append([f"m v={i} {i}"])
+    started: dict[int, float] = {}
+    finished: dict[int, float] = {}
+
+    class Writer:
+        async def send(self, payload: bytes, *, budget: float) -> None:
+            i = int(payload.decode().split()[-1])
+            started[i] = time.monotonic()
+            await asyncio.sleep(0.3 if i == 4 else 0.01)
+            finished[i] = time.monotonic()
+
+    assert await Delivery(Writer(), buffer).drain(budget=10)  # type: ignore[arg-type]
+    assert started[5] < finished[4]  # 1..4 went out together; 5 followed 1, not the slow 4
+    assert len(buffer) == 0
+
+
 async def test_replay_during_an_outage_is_one_request(tmp_path: Path) -> None:
     buffer = DurableBuffer(tmp_path, 1 << 20)
     for i in range(5):
