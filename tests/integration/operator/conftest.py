@@ -89,7 +89,7 @@ class Operator:
 
 
 def operator_argv(
-    namespace: str, *, resync: float = RESYNC_SECONDS, extra: Sequence[str] = ()
+    namespace: str, *, resync: float = RESYNC_SECONDS, extra: Sequence[str] = (), buffer_root: Path | None = None
 ) -> tuple[list[str], int, int]:
     """The operator's command line for one namespace on free loopback ports: (argv, liveness port, metrics port)."""
     port, metrics_port = free_port(), free_port()
@@ -106,6 +106,8 @@ def operator_argv(
         "--log-format",
         "plain",
         *(["--verbose"] if os.environ.get("OBSERVATORY_OPERATOR_VERBOSE") else []),
+        # Agents' buffers in the bed's directory, not the machine's /var/lib/observatory.
+        *([f"--agent-buffer-root={buffer_root}"] if buffer_root else []),
         *extra,
     ]
     return argv, port, metrics_port
@@ -120,13 +122,23 @@ def start_operator(
     *,
     start: bool = True,
 ) -> Operator:
-    """The operator watching ``namespace`` as ``kubeconfig``'s user; ``start=False`` leaves starting to the caller."""
-    argv, port, metrics_port = operator_argv(namespace, resync=resync, extra=extra)
+    """The operator watching ``namespace`` as ``kubeconfig``'s user; ``start=False`` leaves starting to the caller.
+
+    ``log`` is ``<bed>/logs/<file>`` for every caller; agents' buffers go to ``agent_buffer_root(<bed>)``.
+    """
+    buffer_root = agent_buffer_root(log.parent.parent)
+    argv, port, metrics_port = operator_argv(namespace, resync=resync, extra=extra, buffer_root=buffer_root)
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1"}
     proc = Process("observatory-operator", argv, log=log, env=env, cwd=REPO)
     if start:
         proc.start()
     return Operator(proc, argv, env, f"http://127.0.0.1:{port}/healthz", f"http://127.0.0.1:{metrics_port}/metrics")
+
+
+def agent_buffer_root(bed_root: Path) -> Path:
+    """Where the operator puts agents' buffer directories (hostPath) in tests: inside the bed, not in the
+    machine's /var/lib/observatory, so no test leaves a directory on the host."""
+    return bed_root / "agent-buffers"
 
 
 @pytest.fixture
