@@ -491,6 +491,19 @@ class _Counts:
         )
 
 
+def _agent_started(pod: Obj) -> datetime | None:
+    """When the agent could first start: once the pod's init containers finished (the buffer-owner's
+    chown can take seconds on a busy node), not when the kubelet took the pod (``startTime``)."""
+    status = pod.get("status") or {}
+    started = parse_time(status.get("startTime"))
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "Initialized" and cond.get("status") == "True":
+            initialized = parse_time(cond.get("lastTransitionTime"))
+            if initialized is not None and (started is None or initialized > started):
+                return initialized
+    return started
+
+
 def _agent_lag(pod: Obj, report: AgentReport | None, horizon: float, window: float, now: datetime) -> str | None:
     """None when the agent reports; "" while it is young enough to still be waiting for its first write;
     otherwise what is wrong, for the condition message."""
@@ -502,7 +515,7 @@ def _agent_lag(pod: Obj, report: AgentReport | None, horizon: float, window: flo
     if future:
         # Not a write this agent is still waiting for: an answer (or a clock) that is wrong.
         return f"{where} (last write dated {_human((last or 0) - now.timestamp())} in the future; agent clock?)"
-    started = parse_time((pod.get("status") or {}).get("startTime"))
+    started = _agent_started(pod)
     young = started is None or (now - started).total_seconds() < 2 * window
     if report is None:
         return "" if young else f"{where} (no answer from /status)"
