@@ -22,6 +22,7 @@ from observatory_operator import rbac
 from tests.env import images
 from tests.env.controlplane import ControlPlane, write_kubeconfig
 from tests.env.dev import install_crds
+from tests.env.influx import InfluxDB
 from tests.env.kube import ApiError, Kube
 from tests.env.nodesim import REPO, VENV_BIN
 from tests.env.procs import Process, free_port, wait_for
@@ -133,6 +134,34 @@ def start_operator(
     if start:
         proc.start()
     return Operator(proc, argv, env, f"http://127.0.0.1:{port}/healthz", f"http://127.0.0.1:{metrics_port}/metrics")
+
+
+def apply_influxdb_settings(kube: Kube, namespace: str, influxdb: InfluxDB, *, url: str | None = None) -> None:
+    """The Secret ``influxdb-auth`` (key ``token``) and the shared-config ConfigMap real agents write with;
+    ``url`` replaces InfluxDB's own (a fault proxy in front of it)."""
+    kube.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "influxdb-auth"},
+            "stringData": {"token": influxdb.token},
+        },
+        namespace,
+    )
+    kube.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "observatory-shared-config"},
+            "data": {
+                "influxdb_url": url or influxdb.url,
+                "influxdb_org": influxdb.org,
+                "influxdb_bucket": influxdb.bucket,
+                "cluster_name": "bed",
+            },
+        },
+        namespace,
+    )
 
 
 def agent_buffer_root(bed_root: Path) -> Path:

@@ -30,7 +30,7 @@ from tests.env.faultproxy import FaultProxy
 from tests.env.fixtures import Nodes
 from tests.env.influx import InfluxDB
 from tests.env.kube import Kube
-from tests.integration.operator.conftest import Operator, collector_path, eventually, status_of
+from tests.integration.operator.conftest import Operator, apply_influxdb_settings, collector_path, eventually, status_of
 
 pytestmark = pytest.mark.integration
 
@@ -94,24 +94,7 @@ class BufferWatch:
 
 
 def _setup(kube: Kube, namespace: str, nodes: Nodes, influxdb: InfluxDB, url: str) -> None:
-    kube.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "influxdb-auth"},
-            "stringData": {"token": influxdb.token},
-        },
-        namespace,
-    )
-    kube.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {"name": "observatory-shared-config"},
-            "data": {"influxdb_url": url, "influxdb_org": influxdb.org, "influxdb_bucket": influxdb.bucket},
-        },
-        namespace,
-    )
+    apply_influxdb_settings(kube, namespace, influxdb, url=url)
     kube.apply(
         {
             "apiVersion": "observatory.happypatterns.org/v1alpha1",
