@@ -94,7 +94,6 @@ def _run(args: argparse.Namespace) -> int:
     import asyncio  # noqa: PLC0415
 
     from observatory_agent import logs  # noqa: PLC0415
-    from observatory_agent.sinks.buffer import BufferLockedError  # noqa: PLC0415
 
     limit_malloc_arenas()
     logs.configure()
@@ -102,10 +101,6 @@ def _run(args: argparse.Namespace) -> int:
         asyncio.run(_serve(args))
     except KeyboardInterrupt:
         return 130
-    except BufferLockedError as exc:
-        # The previous agent on this node still flushes into the shared buffer: exit, be restarted.
-        print(f"observatory-agent: {exc}", file=sys.stderr)
-        return 1
     # Everything worth keeping is written or fsynced in the buffer by now. A collector thread
     # stuck in the kernel (statvfs on a dead NFS mount) would block the interpreter's thread
     # join forever, so leave without it.
@@ -133,7 +128,15 @@ async def _serve(args: argparse.Namespace) -> None:
     watcher = ConfigWatcher(args.config, args.shared_config)
     loaded = watcher.start()
     telemetry = Telemetry(__version__, node)
-    agent = Agent(watcher, node=node, host=host, paths=paths, version=__version__, telemetry=telemetry)
+    agent = Agent(
+        watcher,
+        node=node,
+        host=host,
+        paths=paths,
+        version=__version__,
+        telemetry=telemetry,
+        instance=os.environ.get("POD_NAME"),
+    )
     tracing.setup("observatory-agent", __version__, node)
 
     stop = asyncio.Event()

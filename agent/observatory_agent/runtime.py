@@ -14,6 +14,15 @@ the monotonic clock, so no rate spans a step. Both steps are logged and counted.
 
 On SIGTERM the open window is closed early and buffered with its usual end timestamp; if the
 agent comes back within that window, the later write for the same window replaces it.
+
+The buffer directory outlives pods (a hostPath), and one process owns it at a time. An agent
+that starts while another still holds it — the pod it replaces in a rolling update that starts
+the new pod first — does not wait: it collects, closes and sends its windows as usual, holding
+them in memory (and the AggregationRule partials they feed, a few windows at most) until the
+other one lets go, then takes the directory over: the old agent's batches first, its own behind
+them. ``/status`` ``buffer.owned`` and ``buffer.held_by`` say so meanwhile. Waiting for the
+directory instead would deadlock such a rollout, which stops the old pod only once the new one
+is ready.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import math
 import os
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, Final
@@ -47,8 +57,9 @@ from observatory_agent.telemetry import Telemetry
 
 log = structlog.get_logger("observatory_agent.runtime")
 
-STATUS_SCHEMA_VERSION: Final = 2
-"""``/status`` layout version: 2 added ``collectors``, ``series`` and ``buffer``."""
+STATUS_SCHEMA_VERSION: Final = 3
+"""``/status`` layout version: 2 added ``collectors``, ``series`` and ``buffer``; 3 ``buffer.owned``,
+``buffer.held_by`` and ``buffer.waiting_since``."""
 SHUTDOWN_FLUSH_BUDGET: Final = 5.0
 """Seconds the final drain may try InfluxDB; the windows are on disk before it starts."""
 SELF_MEASUREMENT: Final = "observatory.agent"
@@ -69,6 +80,13 @@ STEP_TOLERANCE: Final = 1.0
 """Seconds the wall clock may disagree with the monotonic one before it counts as a step."""
 RETRY_MIN, RETRY_MAX = 1.0, 30.0
 """Seconds between drain attempts while InfluxDB fails (doubling, jittered), besides each window close."""
+CLAIM_INTERVAL: Final = 0.5
+"""Seconds between tries to take over a buffer directory another agent holds (its final flush takes seconds)."""
+CLAIM_WARN_EVERY: Final = 60.0
+"""Seconds between warnings while the directory stays held: longer than any pod's grace period is a problem."""
+HELD_PARTIAL_WINDOWS: Final = 6
+"""Closed windows kept for AggregationRule partials while the buffer directory (their outbox) is held
+elsewhere: a window holds its samples, so few; older ones are dropped and counted."""
 
 
 def buffer_directory(configured: str) -> Path:
@@ -132,10 +150,13 @@ class Agent:
         telemetry: Telemetry,
         wall: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        instance: str | None = None,
     ) -> None:
         self.watcher = watcher
         self.node = node
         self.host = host
+        self.instance = instance or f"{host} pid {os.getpid()}"
+        """This process as the buffer's lock file names it to a successor (the pod's name in a pod)."""
         self.paths = paths
         self.version = version
         self.telemetry = telemetry
@@ -154,6 +175,8 @@ class Agent:
         self._loaded: LoadedConfig | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._drainer: asyncio.Task[None] | None = None
+        self._claimer: asyncio.Task[None] | None = None
+        self._held_partials: deque[tuple[ClosedWindow, float]] = deque()
         self._wake = asyncio.Event()
         self._base_tags: dict[str, str] = {}
         self._identity: dict[str, str] = {}
@@ -203,6 +226,11 @@ class Agent:
                 "write_errors": dict(buffer.write_errors) if buffer else {},
                 "last_write_error": buffer.last_write_error if buffer else None,
                 "corrupt_records": buffer.corrupt_records if buffer else 0,
+                # False while the agent this one replaces still holds the directory: windows wait in memory.
+                # (``is not None``: an empty buffer is falsy, it has a length.)
+                "owned": buffer.owned if buffer is not None else False,
+                "held_by": buffer.holder() if buffer is not None and not buffer.owned else None,
+                "waiting_since": buffer.waiting_since if buffer is not None else None,
             },
             "clock_steps": dict(self.timeline.steps),
             "config_hash": self._loaded.hash if self._loaded else "",
@@ -248,12 +276,9 @@ class Agent:
             )
         self.telemetry.series_limit.set(agent.max_series)
         if self._buffer is None:
-            self._buffer = DurableBuffer(buffer_directory(agent.buffer_dir), agent.buffer_max_bytes)
-        if self.partials is None:
-            self.partials = partials.Partials(
-                self.node, self._buffer.directory / "partials", partials.outbox_bytes(agent.buffer_max_bytes)
-            )
-        self.partials.configure(agent.processors)
+            self._open_buffer(buffer_directory(agent.buffer_dir), agent.buffer_max_bytes)
+        elif self.partials is not None:
+            self.partials.configure(agent.processors)
         writer = None
         if eff.influxdb_url and eff.influxdb_org and eff.influxdb_bucket:
             token = TokenSource(agent.influxdb)
@@ -264,6 +289,7 @@ class Agent:
         else:
             log.warning("influx_not_configured_buffering", url=eff.influxdb_url, org=eff.influxdb_org)
         if self._delivery is None:
+            assert self._buffer is not None
             self._delivery = Delivery(writer, self._buffer, clock=time.time)
         else:
             if self._delivery.writer is not None:
@@ -282,6 +308,71 @@ class Agent:
             enabled=eff.enabled,
         )
         return closed
+
+    def _open_buffer(self, directory: Path, max_bytes: int) -> None:
+        buffer = self._buffer = DurableBuffer(directory, max_bytes, wait_for_lock=False, owner=self.instance)
+        self.telemetry.buffer_owned.set(1 if buffer.owned else 0)
+        if buffer.owned:
+            self._open_partials()
+            return
+        log.warning(
+            "buffer_held_by_another_agent",
+            directory=str(directory),
+            held_by=buffer.holder(),
+            detail="windows are sent from memory and written to the buffer once it lets go",
+        )
+        self._claimer = asyncio.get_running_loop().create_task(self._claim_buffer(), name="claim-buffer")
+        self._claimer.add_done_callback(_log_failure)
+
+    def _open_partials(self) -> None:
+        """Open and configure the partials: their outboxes live in the buffer directory, so only its owner may."""
+        assert self._buffer is not None
+        assert self._loaded is not None
+        agent = self._loaded.effective.agent
+        self.partials = partials.Partials(
+            self.node, self._buffer.directory / "partials", partials.outbox_bytes(agent.buffer_max_bytes)
+        )
+        self.partials.configure(agent.processors)
+
+    async def _claim_buffer(self) -> None:
+        """Take the buffer directory over once the agent holding it (the pod this one replaces) lets go."""
+        buffer = self._buffer
+        assert buffer is not None
+        started = next_warning = time.monotonic()
+        while not buffer.claim():
+            if time.monotonic() >= next_warning + CLAIM_WARN_EVERY:
+                next_warning = time.monotonic()
+                log.warning(
+                    "buffer_still_held_by_another_agent",
+                    held_by=buffer.holder(),
+                    waited_seconds=round(next_warning - started),
+                    unpersisted_points=buffer.unpersisted_points,
+                )
+            await asyncio.sleep(CLAIM_INTERVAL)
+        self.telemetry.buffer_owned.set(1)
+        log.info(
+            "buffer_claimed",
+            directory=str(buffer.directory),
+            waited_seconds=round(time.monotonic() - started, 3),
+            buffered_points=buffer.points,
+        )
+        self._open_partials()
+        assert self.partials is not None
+        while self._held_partials:
+            self.partials.submit(*self._held_partials.popleft())
+        self._sync_delivery_metrics()
+        self._wake.set()  # the previous owner's batches may wait for InfluxDB too
+
+    def _hold_partial(self, window: ClosedWindow, now: float) -> None:
+        """Keep a window for its partials until the buffer directory (their outbox) is ours."""
+        assert self._loaded is not None
+        if not self._loaded.effective.agent.processors:
+            return
+        if len(self._held_partials) >= HELD_PARTIAL_WINDOWS:
+            dropped, _ = self._held_partials.popleft()
+            self.telemetry.partials_dropped.inc()
+            log.error("partials_dropped_buffer_held_elsewhere", window_end=dropped.end, kept=HELD_PARTIAL_WINDOWS)
+        self._held_partials.append((window, now))
 
     def _retire(self, guards: list[Guard]) -> None:
         """Close replaced collectors' resources (threads, application scrapers' HTTP sessions)."""
@@ -453,10 +544,12 @@ class Agent:
                 self._delivery.enqueue(lines)
             self.telemetry.windows_closed.inc()
             self.telemetry.window_close_lateness.observe(max(0.0, now - window.end))
-        if self.partials is not None:
-            for window in closed:
+        for window in closed:
+            if self.partials is not None:
                 self.partials.submit(window, now)  # built, kept and sent on their own tasks: never delays writes
-            self._sync_partials_metrics()
+            else:
+                self._hold_partial(window, now)
+        self._sync_partials_metrics()
         self._sync_delivery_metrics()
         self._wake.set()
 
@@ -588,6 +681,12 @@ class Agent:
         started = time.monotonic()
         if self._aggregator is not None:
             self.close_windows(self._aggregator.close_all(self.timeline.now()))
+        if self._claimer is not None and not self._claimer.done():
+            self._claimer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._claimer
+            if self._buffer is not None and self._buffer.claim():
+                log.info("buffer_claimed_at_shutdown", buffered_points=self._buffer.points)
         if self._drainer is not None:
             self._drainer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -609,6 +708,14 @@ class Agent:
         if self._delivery is not None and self._delivery.writer is not None:
             self._delivery.writer.close()
         if self._buffer is not None:
+            if not self._buffer.owned and (self._buffer.points or self._held_partials):
+                # Still held by the agent this one was to replace: what InfluxDB did not take is lost.
+                log.error(
+                    "points_lost_buffer_held_elsewhere",
+                    points=self._buffer.points,
+                    partial_windows=len(self._held_partials),
+                    held_by=self._buffer.holder(),
+                )
             self._buffer.close()
         log.info(
             "agent_stopped",

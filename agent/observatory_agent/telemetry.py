@@ -113,12 +113,19 @@ class Telemetry:
         self.buffered_bytes = Gauge("observatory_agent_buffered_bytes", "Bytes of the disk buffer's files", registry=r)
         self.unpersisted_points = Gauge(
             "observatory_agent_unpersisted_points",
-            "Points held in memory only because the buffer's disk refused them (lost if the agent dies)",
+            "Points held in memory only, because the buffer's disk refused them or another agent still owns "
+            "the buffer directory (lost if the agent dies)",
+            registry=r,
+        )
+        self.buffer_owned = Gauge(
+            "observatory_agent_buffer_owned",
+            "1 when this agent owns its buffer directory; 0 while another agent (the pod it replaces) holds it",
             registry=r,
         )
         self.buffer_dropped_points = Counter(
             "observatory_agent_buffer_dropped_points",
-            "Points dropped because the buffer was full (bytes, or memory while the disk refused writes)",
+            "Points dropped because the buffer was full (bytes, or memory while the disk refused writes "
+            "or another agent held the directory)",
             registry=r,
         )
         self.buffer_write_errors = Counter(

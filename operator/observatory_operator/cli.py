@@ -87,6 +87,13 @@ def _parser() -> argparse.ArgumentParser:
         help="Agent image when a collector does not set spec.image.",
     )
     p.add_argument(
+        "--agent-buffer-root",
+        type=_absolute_path,
+        default=os.environ.get("OBSERVATORY_AGENT_BUFFER_ROOT", AgentDefaults.buffer_root),
+        help="Directory on each node under which agents keep their write buffers (hostPath; env "
+        "OBSERVATORY_AGENT_BUFFER_ROOT). Changing it rolls every agent, and what was buffered stays behind.",
+    )
+    p.add_argument(
         "--resync-seconds",
         type=float,
         default=float(os.environ.get("OBSERVATORY_RESYNC_SECONDS", ReconcileSettings.resync_seconds)),
@@ -104,6 +111,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="Debug logging.")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
+
+
+def _absolute_path(text: str) -> str:
+    if not text.startswith("/") or "/../" in f"{text}/":
+        raise argparse.ArgumentTypeError(f"{text!r}: a directory on the node must be an absolute path without '..'")
+    return text
 
 
 def _label(text: str) -> tuple[str, str]:
@@ -239,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # kopf's liveness endpoint logs every kubelet probe as an access line: noise, every few seconds.
         logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     settings = Settings(
-        agent=AgentDefaults(image=args.agent_image),
+        agent=AgentDefaults(image=args.agent_image, buffer_root=args.agent_buffer_root),
         reconcile=ReconcileSettings(resync_seconds=args.resync_seconds),
         service_monitor_labels=dict(args.servicemonitor_label),
         # In a cluster the chart sets POD_NAMESPACE: processors' NetworkPolicies admit the operator's probes from there.

@@ -23,8 +23,9 @@ class AgentDefaults:
     """Python runtime plus one window of samples."""
     memory_limit: str = "128Mi"
     """A leak is killed and restarted instead of squeezing the node's workloads."""
-    buffer_size_limit: str = "128Mi"
-    """emptyDir size limit of the on-disk write buffer (the agent caps itself at 64 MiB)."""
+    buffer_root: str = "/var/lib/observatory"
+    """Directory on each node under which agents keep their write buffers (``<root>/<namespace>/<collector>/<node>``):
+    on the node's disk so that buffered windows outlive the pod; the agent caps each at 64 MiB."""
     run_as_user: int = 65532
     """The image's own non-root user (docker/Dockerfile): agents read world-readable /proc and /sys files only."""
 

@@ -296,6 +296,8 @@ def install_collect_uninstall(
                 "install", release, str(CHART), "--namespace", namespace, *scope, *influx,
                 "--set-string", f"sharedConfig.data.cluster_name={CLUSTER}",
                 "--set", f"operator.replicas={replicas}",
+                # Agents' buffers (hostPaths) inside the bed, not in this machine's /var/lib/observatory.
+                "--set-string", f"operator.agentBufferRoot={work / 'agent-buffers'}",
                 *(["--wait", "--timeout", f"{int(WAIT)}s"] if bundled_influxdb else []),
             )  # fmt: skip
             step("helm install")

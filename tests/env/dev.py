@@ -153,6 +153,9 @@ def helm_install(cp: ControlPlane, state: Path, *, cluster: str) -> None:
         "sharedConfig.create=false",
         "--set-string",
         f"sharedConfig.data.cluster_name={cluster}",
+        # Agents' buffers (hostPath) inside the state directory, not this machine's /var/lib/observatory.
+        "--set-string",
+        f"operator.agentBufferRoot={state / 'agent-buffers'}",
         "--wait",
         "--timeout",
         "180s",
@@ -171,6 +174,7 @@ def start_local_operator(kubeconfig: Path, logs: Path) -> Process | None:
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1"}
     # Liveness and metrics on loopback and free ports: a wildcard :8080 would clash with whatever else listens.
     argv = [str(exe), "--all-namespaces", "--liveness", f"http://127.0.0.1:{free_port()}/healthz"]
+    argv += ["--agent-buffer-root", str(logs.parent / "agent-buffers")]
     argv += ["--metrics", f"127.0.0.1:{free_port()}"]
     proc = Process("observatory-operator", argv, log=logs / "operator.log", env=env, cwd=REPO)
     proc.start()

@@ -260,7 +260,9 @@ def ensure_stand_in() -> str:
             env=env,
             step="go build the stand-in agent",
         )
-        tar = _tar_of({"usr/local/bin/observatory-agent": (binary, 0o755)}, Path(tmp) / "standin.tar")
+        # Also as chown: the agent pod's init container runs `chown UID:GID DIR` with the agent's image.
+        files = {"usr/local/bin/observatory-agent": (binary, 0o755), "usr/local/bin/chown": (binary, 0o755)}
+        tar = _tar_of(files, Path(tmp) / "standin.tar")
         _import(
             tar,
             STAND_IN_REF,

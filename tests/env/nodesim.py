@@ -27,7 +27,10 @@ then on PATH. The process gets:
 * its volumes, materialised under a per-pod directory: configMap, secret, downwardAPI and
   projected sources are written the kubelet's way (files are symlinks into ``..data``,
   which points at a timestamped directory and is swapped atomically when the source
-  changes); emptyDir is a fresh directory; hostPath is the real host path. A projected
+  changes); emptyDir is a fresh directory; hostPath is the real host path, except a
+  ``DirectoryOrCreate`` one (a directory pods write to) which is the node's own,
+  ``<work>/hosts/<node>/<path>``: simulated nodes share this machine's disk, real ones do not.
+  ``subPathExpr`` expands the container's literal and downward-API env. A projected
   ``serviceAccountToken`` source is a bound token from the TokenRequest API for the pod's
   ServiceAccount, renewed at 80 % of its lifetime, so the ``kube-api-access-*`` volume that
   ServiceAccount admission adds (token, ``kube-root-ca.crt``'s ``ca.crt``, namespace) is what
@@ -55,7 +58,9 @@ waiting), counting restartCount. Output goes to ``<logs>/pods/<ns>_<pod>_<contai
 Containers of any other image get status only: running and ready as soon as the pod is
 bound (their probes are not run: there is nothing to probe).
 
-Not simulated: securityContext (processes run as the test runner's user), resource limits,
+Not simulated: securityContext (processes run as the test runner's user; an init container that
+asks for root, ``runAsUser: 0``, completes without running when the runner is not root: what it
+would do as root, a chown, is moot when every process runs as one user), resource limits,
 image pulls, and most of the kubelet's own API: only ``/containerLogs`` is served (on
 ``<node IP>:10250``), so ``kubectl logs [-f] [--previous] [--tail]`` works but ``exec``,
 ``port-forward`` and ``attach`` do not. clusterTrustBundle projections are not written.
@@ -222,6 +227,10 @@ class Informer:
 
 
 # --- the kubelet's atomic volume writer -------------------------------------------------
+
+
+def _runs_as_root(container: Obj) -> bool:
+    return bool((container.get("securityContext") or {}).get("runAsUser") == 0)
 
 
 def write_atomic(target: Path, payload: dict[str, tuple[bytes, int]]) -> None:
@@ -543,6 +552,7 @@ class PodWorker:
             if "hostPath" in vol:
                 path = Path(vol["hostPath"]["path"])
                 if vol["hostPath"].get("type") == "DirectoryOrCreate":
+                    path = self.sim.work_dir / "hosts" / self.node.name / path.relative_to("/")
                     path.mkdir(parents=True, exist_ok=True)
                 self.volume_dirs[name] = path
                 continue
@@ -755,8 +765,22 @@ class PodWorker:
             if base is None:
                 continue
             real = base / m["subPath"] if m.get("subPath") else base
+            if m.get("subPathExpr"):
+                real = base / expand(m["subPathExpr"], self._literal_env(c))
+                real.mkdir(parents=True, exist_ok=True)  # as the kubelet creates a missing subpath
             mounts.append((str(m["mountPath"]), real))
         return sorted(mounts, key=lambda t: len(t[0]), reverse=True)
+
+    def _literal_env(self, c: Container) -> dict[str, str]:
+        """The container's literal and downward-API env: what the kubelet expands in ``subPathExpr``."""
+        env: dict[str, str] = {}
+        for var in c.spec.get("env") or []:
+            field_ref = (var.get("valueFrom") or {}).get("fieldRef")
+            if field_ref:
+                env[var["name"]] = self._field(self.pod, field_ref["fieldPath"])
+            elif "valueFrom" not in var:
+                env[var["name"]] = expand(var.get("value", ""), env)
+        return env
 
     def _argv(self, c: Container, env: dict[str, str], mounts: list[tuple[str, Path]]) -> list[str]:
         command = container_command(c.spec.get("command"), c.spec.get("args"))
@@ -789,7 +813,7 @@ class PodWorker:
             if c.kind == "init":
                 if init_pending or c.done:
                     continue
-                if not c.project:
+                if not c.project or (_runs_as_root(c.spec) and os.geteuid() != 0):
                     self._complete_without_process(c)
                     continue
                 self._drive(c, pod, now)

@@ -22,9 +22,15 @@ When an append would exceed ``max_bytes``, whole oldest segments are dropped fir
 lost points are counted in ``dropped_points`` and logged by the caller.
 
 One process owns a directory at a time: ``<dir>/.lock`` is held with ``flock`` for the buffer's
-life, so a buffer on a node's disk (a hostPath that outlives pods) is never appended to by an
-old and a new agent at once during a rollout; the newcomer waits up to ``lock_timeout`` for the
-old one to finish its final flush, then gives up with ``BufferLockedError``.
+life (and names its owner inside), so a buffer on a node's disk (a hostPath that outlives pods)
+is never appended to by an old and a new agent at once during a rollout. By default the newcomer
+waits up to ``lock_timeout`` for the old one to finish its final flush, then gives up with
+``BufferLockedError``. With ``wait_for_lock=False`` it never waits: it starts *unclaimed*, keeps
+its batches in memory (``unpersisted``, bounded by ``max_memory_bytes`` like batches the disk
+refused) and reads nothing on disk; ``claim()`` takes the lock once it is free, then the old
+owner's segments go first in the queue and the held batches are written behind them. A rolling
+update that starts the new pod before the old one stops (``maxSurge``) must not wait on the old
+pod, which is only stopped once the new one is ready.
 """
 
 from __future__ import annotations
@@ -101,6 +107,8 @@ class DurableBuffer:
         max_memory_bytes: int = 8 * 1024 * 1024,
         cache_bytes: int = 1024 * 1024,
         lock_timeout: float = 30.0,
+        wait_for_lock: bool = True,
+        owner: str | None = None,
     ) -> None:
         self.directory = directory
         self.max_bytes = max_bytes
@@ -113,8 +121,13 @@ class DurableBuffer:
         self.write_errors: dict[str, int] = {}
         """Appends that could not reach the disk, by errno name (``ENOSPC``): kept in memory instead."""
         self.last_write_error: str | None = None
+        self.owner = owner or f"pid {os.getpid()}"
+        """Who this process is, written into the lock file for the next one to name (a pod name)."""
+        self.waiting_since: float | None = None
+        """Wall time this buffer started unclaimed; None once it owns its directory."""
         directory.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = _lock(directory / ".lock", lock_timeout)
+        self._lock_path = directory / ".lock"
+        self._lock_fd = _lock(self._lock_path, lock_timeout if wait_for_lock else None)
         self._pending: deque[_Entry] = deque()
         self._points = 0
         self._pending_bytes = 0
@@ -124,9 +137,53 @@ class DurableBuffer:
         self._segment_pending: dict[int, int] = {}
         self._active_fd = -1
         self._active_seq = -1
+        self._next_seq = 0
+        if self._lock_fd >= 0:
+            self._adopt_directory()
+        else:
+            self.waiting_since = time.time()
+
+    def _adopt_directory(self) -> None:
+        """Name this process in the lock file and queue what earlier owners left, oldest first."""
+        os.ftruncate(self._lock_fd, 0)
+        os.pwrite(self._lock_fd, f"{self.owner}\n".encode(), 0)
         for seq in self._existing_segments():
             self._scan(seq)
         self._next_seq = max(self._segment_sizes, default=-1) + 1
+
+    @property
+    def owned(self) -> bool:
+        """Whether this process holds the directory's lock (appends reach the disk)."""
+        return self._lock_fd >= 0
+
+    def holder(self) -> str | None:
+        """Who holds the directory, as the holder wrote it into the lock file (None when unreadable)."""
+        try:
+            return self._lock_path.read_text().strip() or None
+        except OSError:
+            return None
+
+    def claim(self) -> bool:
+        """Take the directory if it is free now (never waits); True once this process owns it.
+
+        The previous owner's unsent segments go first, then every batch held in memory meanwhile
+        is written to disk behind them, in order. A batch being sent during the claim is no longer
+        at the head, so its acknowledgement is ignored and it is sent once more later: harmless,
+        a rewritten point overwrites itself.
+        """
+        if self._lock_fd >= 0:
+            return True
+        fd = _try_lock(self._lock_path)
+        if fd is None:
+            return False
+        self._lock_fd = fd
+        held = [self._pop() for _ in range(len(self._pending))]
+        self._adopt_directory()
+        for entry in held:
+            assert entry.payload is not None  # an unclaimed buffer holds every batch in memory
+            self.append_payload(entry.payload, entry.points)
+        self.waiting_since = None
+        return True
 
     # --- state -------------------------------------------------------------------------------
 
@@ -254,6 +311,9 @@ class DurableBuffer:
             self.dropped_points += points
             self.dropped_records += 1
             return self.dropped_points - dropped_before
+        if self._lock_fd < 0:
+            self._hold_in_memory(payload, points, size)  # unclaimed: another process owns the disk
+            return self.dropped_points - dropped_before
         while self.disk_bytes + size > self.max_bytes and self._segment_sizes:
             self._drop_oldest_segment()
         record = _HEADER.pack(_MAGIC, len(payload), zlib.crc32(payload), points) + payload
@@ -295,6 +355,9 @@ class DurableBuffer:
         reason = errno.errorcode.get(exc.errno or 0, "OSError")
         self.write_errors[reason] = self.write_errors.get(reason, 0) + 1
         self.last_write_error = f"{reason}: {exc.strerror or exc}"
+        self._hold_in_memory(payload, points, size)
+
+    def _hold_in_memory(self, payload: bytes, points: int, size: int) -> None:
         self._push(_Entry(_MEMORY, 0, size, points, payload))
         while self._memory_bytes > self.max_memory_bytes:
             self._drop_oldest_in_memory()
@@ -331,9 +394,9 @@ class DurableBuffer:
             return None
         return self._read(self._pending[0])
 
-    def peek_many(self, n: int) -> list[Record]:
-        """The ``n`` oldest unsent batches, oldest first (fewer when fewer are pending)."""
-        return [self._read(self._pending[i]) for i in range(min(n, len(self._pending)))]
+    def peek_many(self, n: int, *, skip: int = 0) -> list[Record]:
+        """The ``n`` oldest unsent batches after the ``skip`` oldest, oldest first (fewer when fewer are pending)."""
+        return [self._read(self._pending[i]) for i in range(skip, min(skip + n, len(self._pending)))]
 
     def _read(self, entry: _Entry) -> Record:
         if entry.payload is not None:
@@ -363,17 +426,26 @@ class DurableBuffer:
             self._lock_fd = -1
 
 
-def _lock(path: Path, timeout: float) -> int:
+def _try_lock(path: Path) -> int | None:
+    """The lock file's descriptor with the lock held, or None when another process holds it."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    deadline = time.monotonic() + timeout
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _lock(path: Path, timeout: float | None) -> int:
+    """Wait up to ``timeout`` for the lock (``BufferLockedError`` then); ``None``: one try, -1 if held."""
+    deadline = time.monotonic() + (timeout or 0.0)
     while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fd = _try_lock(path)
+        if fd is not None:
             return fd
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                os.close(fd)
-                raise BufferLockedError(
-                    f"{path.parent}: another agent holds {path.name} (waited {timeout:g}s)"
-                ) from None
-            time.sleep(0.2)
+        if timeout is None:
+            return -1
+        if time.monotonic() >= deadline:
+            raise BufferLockedError(f"{path.parent}: another agent holds {path.name} (waited {timeout:g}s)")
+        time.sleep(0.2)

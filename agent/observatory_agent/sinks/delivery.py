@@ -8,9 +8,12 @@ Policy:
 - A window's lines become batches of ``batch_size`` lines, one record and one request each,
   so one refused batch never takes its siblings down with it.
 - Replay sends the oldest batch alone (a probe: during an outage that is one failed request,
-  not several), then up to ``REPLAY_IN_FLIGHT`` batches at once. Batches are acknowledged to
-  the buffer strictly oldest first: when one fails, it and every younger batch stay buffered,
-  even those InfluxDB accepted meanwhile (resending them later rewrites the same points).
+  not several), then keeps ``REPLAY_IN_FLIGHT`` batches in flight: the next one goes out as
+  soon as the oldest is answered, so InfluxDB always has work queued (in groups that each
+  waited for their slowest batch, a 2-core influxd idled one core at every group's tail).
+  Batches are acknowledged to the buffer strictly oldest first: when one fails, it and every
+  younger batch stay buffered, even those InfluxDB accepted meanwhile (resending them later
+  rewrites the same points).
 - A retryable failure (network, 429, 5xx) that outlives the retry budget → the batch stays.
 - 401/403/404 (token, org or bucket wrong) are not retried now but the batch stays: it
   replays once the configuration (or the token file) is fixed. Other 4xx mean the data itself
@@ -21,7 +24,9 @@ Policy:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
@@ -127,14 +132,22 @@ class Delivery:
         """
         deadline = time.monotonic() + budget
         width = 1  # the head alone first; concurrent only once InfluxDB is known to answer
-        while records := self.buffer.peek_many(width):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            attempt = min(remaining, ATTEMPT_BUDGET)
-            sent = await asyncio.gather(*(self._send(r, attempt) for r in records))
-            for record, result in zip(records, sent, strict=True):
+        in_flight: deque[tuple[Record, asyncio.Task[_Sent]]] = deque()
+        try:
+            while True:
+                while len(in_flight) < width and (remaining := deadline - time.monotonic()) > 0:
+                    (record,) = self.buffer.peek_many(1, skip=len(in_flight)) or (None,)
+                    if record is None:
+                        break
+                    task = asyncio.ensure_future(self._send(record, min(remaining, ATTEMPT_BUDGET)))
+                    in_flight.append((record, task))
+                if not in_flight:
+                    return len(self.buffer) == 0
+                record, task = in_flight.popleft()
+                result = await task
                 if result.outcome in {"retry", "config"}:
+                    # Younger batches already sent may be written: let them finish, keep them all.
+                    await asyncio.gather(*(t for _, t in in_flight))
                     return False
                 self.buffer.ack(record)  # oldest first; a no-op for one dropped meanwhile
                 written = record.points - result.dropped
@@ -142,5 +155,9 @@ class Delivery:
                 self.stats.points_written += written
                 if written:
                     self.stats.last_successful_write = self._clock()
-            width = REPLAY_IN_FLIGHT
-        return True
+                width = REPLAY_IN_FLIGHT
+        finally:
+            for _, task in in_flight:  # cancelled (shutdown): nothing outlives the drain
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task

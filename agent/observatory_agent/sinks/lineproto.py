@@ -90,10 +90,11 @@ _WHOLE: Final = re.compile(r"\.0(?=,|$)")
 
 
 class _Layout(NamedTuple):
-    """One field set's line template, filled with ``%`` from ``values`` in line order."""
+    """One field set's line template, filled with ``%`` from ``order`` of the values in line order."""
 
     template: str
-    values: Callable[[dict[str, float]], tuple[float, ...]]
+    order: Callable[[tuple[float, ...]], tuple[float, ...]]
+    """``(count, last, max, mean, min, sum, *quantile values)`` → the same values in key order."""
 
 
 def _layout(quantile_keys: tuple[str, ...]) -> _Layout | None:
@@ -103,9 +104,10 @@ def _layout(quantile_keys: tuple[str, ...]) -> _Layout | None:
     """
     if set(quantile_keys) & {*_BASE_FIELDS, _COUNT}:
         return None
-    keys = sorted((*_BASE_FIELDS, _COUNT, *quantile_keys))
+    given = (_COUNT, *_BASE_FIELDS, *quantile_keys)
+    keys = sorted(given)
     parts = [f"{escape_key(k).replace('%', '%%')}={'%di' if k == _COUNT else '%r'}" for k in keys]
-    return _Layout(",".join(parts), operator.itemgetter(*keys))
+    return _Layout(",".join(parts), operator.itemgetter(*(given.index(k) for k in keys)))
 
 
 def encode(metric: AggregatedMetric) -> str:
@@ -154,9 +156,10 @@ def encode_many(metrics: Iterable[AggregatedMetric], *, skipped: list[str] | Non
             layout = layouts[qkeys]
         else:
             layout = layouts[qkeys] = _layout(qkeys)
-        floats = (m.last, m.max, m.mean, m.min, m.sum, *quantiles.values())
+        count = m.count
+        values = (count, m.last, m.max, m.mean, m.min, m.sum, *quantiles.values())
         # A finite sum means every value is finite; otherwise the general path drops the rest.
-        if layout is None or not isfinite(sum(floats)) or m.count.__class__ is not int or abs(m.count) >= _EXACT:
+        if layout is None or not isfinite(sum(values)) or count.__class__ is not int or abs(count) >= _EXACT:
             append(encode(m))
             continue
         name = m.name
@@ -167,21 +170,15 @@ def encode_many(metrics: Iterable[AggregatedMetric], *, skipped: list[str] | Non
         tags = tagsets.get(tag_items)
         if tags is None:
             tags = tagsets[tag_items] = _tags(m.tags)
-        values = {"count": m.count, "last": m.last, "max": m.max, "mean": m.mean, "min": m.min, "sum": m.sum}
-        values.update(quantiles)
-        fields = whole("", layout.template % tuple(map(_number, layout.values(values))))
+        # ``float`` for every value, in C: a float field prints as ``repr(float(v))`` even when an
+        # int or a bool got into it, and ``count`` (an exact int below 2**53 here) prints the same by %d.
+        fields = whole("", layout.template % tuple(map(float, layout.order(values))))
         append(f"{measurement}{tags} {fields} {round(m.timestamp * 1000)}")
     return out
 
 
 _EXACT: Final = 2**53
-"""Integers below this print (``%r``) as their float does, less the ``.0``."""
-
-
-def _number(value: float) -> float:
-    # ``%r`` must print a float field as ``repr(float(v))`` even when an int got into it
-    # (and ``count``, an exact int in the fast path, stays one).
-    return value if value.__class__ is float or (value.__class__ is int and abs(value) < _EXACT) else float(value)
+"""``count`` below this is exact as a float, so the fast path may format it from one."""
 
 
 FieldValue = float | int | str | bool

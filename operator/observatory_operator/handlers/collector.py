@@ -92,7 +92,16 @@ def trim_pod(pod: Obj) -> Obj:
         },
         "status": {
             k: status[k]
-            for k in ("phase", "reason", "message", "podIP", "startTime", "conditions", "containerStatuses")
+            for k in (
+                "phase",
+                "reason",
+                "message",
+                "podIP",
+                "startTime",
+                "conditions",
+                "initContainerStatuses",
+                "containerStatuses",
+            )
             if k in status
         },
     }

@@ -43,7 +43,7 @@ def build_collector(
     name, namespace = owner.name, owner.namespace
     labels = names.common_labels(name)
     rendered = agent.render_agent_config(agent.agent_config(name, namespace, spec, processors))
-    template = agent.pod_template(name, spec, settings)
+    template = agent.pod_template(name, namespace, spec, settings)
     digest = hashing.config_hash(rendered, template)
     objects = [
         agent.configmap(name, namespace, rendered, labels),

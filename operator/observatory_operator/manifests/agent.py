@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -24,6 +25,10 @@ CONFIG_DIR: Final = "/etc/observatory/agent"
 CONFIG_FILE: Final = "agent.json"
 SHARED_CONFIG_DIR: Final = "/etc/observatory/shared"
 BUFFER_DIR: Final = "/var/lib/observatory/buffer"
+BUFFER_SUBPATH: Final = "$(NODE_NAME)"
+"""The buffer's hostPath is mounted at the node's own subdirectory: nodes that share a filesystem
+(diskless nodes with a shared /var/lib, the test bed's kubelets on one machine) must not share a
+buffer, whose lock would leave all but one agent holding its windows in memory."""
 HOST_MOUNTS: Final = (
     ("host-proc", "/proc", "/host/proc"),
     ("host-sys", "/sys", "/host/sys"),
@@ -123,7 +128,12 @@ def _env(spec: ObservatoryCollectorSpec) -> list[Obj]:
     ]
 
 
-def _volumes(name: str, spec: ObservatoryCollectorSpec, settings: Settings) -> tuple[list[Obj], list[Obj]]:
+_BUFFER_MOUNT: Final[Obj] = {"name": "buffer", "mountPath": BUFFER_DIR, "subPathExpr": BUFFER_SUBPATH}
+
+
+def _volumes(
+    name: str, namespace: str, spec: ObservatoryCollectorSpec, settings: Settings
+) -> tuple[list[Obj], list[Obj]]:
     """(volumes, volumeMounts) of the agent pod."""
     volumes: list[Obj] = [
         {"name": "config", "configMap": {"name": names.agent_configmap(name)}},
@@ -131,14 +141,22 @@ def _volumes(name: str, spec: ObservatoryCollectorSpec, settings: Settings) -> t
             "name": "shared-config",
             "configMap": {"name": spec.shared_config.name, "optional": spec.shared_config.optional},
         },
-        {"name": "buffer", "emptyDir": {"sizeLimit": settings.agent.buffer_size_limit}},
+        # On the node's disk, so buffered windows outlive the pod (a rollout, an eviction, a crash
+        # loop); one directory per collector. The agent locks it: one writer at a time.
+        {
+            "name": "buffer",
+            "hostPath": {
+                "path": names.agent_buffer_directory(settings.agent.buffer_root, namespace, name),
+                "type": "DirectoryOrCreate",
+            },
+        },
         # Python and libraries want a writable /tmp; the root filesystem is read-only.
         {"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}},
     ]
     mounts: list[Obj] = [
         {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
         {"name": "shared-config", "mountPath": SHARED_CONFIG_DIR, "readOnly": True},
-        {"name": "buffer", "mountPath": BUFFER_DIR},
+        dict(_BUFFER_MOUNT),
         {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - an emptyDir, private to the pod
     ]
     token = pods.token_volume(spec.influxdb.token_secret_ref)
@@ -155,7 +173,41 @@ def _volumes(name: str, spec: ObservatoryCollectorSpec, settings: Settings) -> t
     return volumes, mounts
 
 
-def pod_template(name: str, spec: ObservatoryCollectorSpec, settings: Settings) -> Obj:
+def buffer_owner(image: str, pull_policy: str, resources: Obj, uid: int) -> Obj:
+    """The init container that hands the node's buffer directory to the agent's uid, and nothing more.
+
+    The kubelet creates a hostPath directory owned by root (0755), and ``fsGroup`` does not apply to
+    hostPath volumes, so the non-root agent could not write there. Rather than give the agent any
+    privilege, this container runs as root with ``CAP_CHOWN`` alone (every other capability dropped,
+    read-only root filesystem, no privilege escalation, RuntimeDefault seccomp: all within the
+    baseline Pod Security level) and chowns that one directory. Never recursively: a symlink a
+    compromised agent planted inside must not make root chown a file of the host; what is inside
+    was written by the agent and is its own already.
+    """
+    return {
+        "name": names.BUFFER_OWNER_CONTAINER,
+        "image": image,
+        "imagePullPolicy": pull_policy,
+        "command": ["chown", f"{uid}:{uid}", BUFFER_DIR],
+        # subPathExpr expands the container's own environment.
+        "env": [pods.field_env("NODE_NAME", "spec.nodeName")],
+        # The agent's own: a quota or LimitRange that admits the agent admits this, and the pod's
+        # effective request (the larger of init and app containers) does not change.
+        "resources": resources,
+        "securityContext": {
+            "runAsUser": 0,
+            "runAsGroup": 0,
+            "runAsNonRoot": False,
+            "readOnlyRootFilesystem": True,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"], "add": ["CHOWN"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": [dict(_BUFFER_MOUNT)],
+    }
+
+
+def pod_template(name: str, namespace: str, spec: ObservatoryCollectorSpec, settings: Settings) -> Obj:
     """The agent pod template, without the config-hash annotation (which is computed over it).
 
     Security: the agent runs as a non-root uid with a read-only root filesystem, no capabilities,
@@ -164,15 +216,23 @@ def pod_template(name: str, spec: ObservatoryCollectorSpec, settings: Settings) 
     world-readable, so root buys nothing; per-process I/O counters of other users' processes are the
     one thing it cannot see, and the processes collector reports without them. ``hostNetwork`` and
     ``hostPID`` widen what the agent sees, not what it may do, and are set only when the network
-    or processes collector is enabled.
+    or processes collector is enabled. The one thing that runs as root is ``buffer_owner``, an init
+    container that only chowns the agent's buffer directory on the node.
     """
     image = spec.image or settings.agent.image
-    volumes, mounts = _volumes(name, spec, settings)
+    pull_policy = spec.image_pull_policy or settings.agent.image_pull_policy
+    volumes, mounts = _volumes(name, namespace, spec, settings)
     port = spec.metrics_port
+    resources = pods.resources(
+        spec.resources,
+        cpu=settings.agent.cpu_request,
+        memory=settings.agent.memory_request,
+        limit=settings.agent.memory_limit,
+    )
     container: Obj = {
         "name": names.AGENT_CONTAINER,
         "image": image,
-        "imagePullPolicy": spec.image_pull_policy or settings.agent.image_pull_policy,
+        "imagePullPolicy": pull_policy,
         "command": list(COMMAND),
         "env": _env(spec),
         "ports": [{"name": names.METRICS_PORT_NAME, "containerPort": port, "protocol": "TCP"}],
@@ -190,18 +250,14 @@ def pod_template(name: str, spec: ObservatoryCollectorSpec, settings: Settings) 
             "timeoutSeconds": 2,
             "failureThreshold": 3,
         },
-        "resources": pods.resources(
-            spec.resources,
-            cpu=settings.agent.cpu_request,
-            memory=settings.agent.memory_request,
-            limit=settings.agent.memory_limit,
-        ),
+        "resources": resources,
         "securityContext": pods.container_security(settings.agent.run_as_user),
         "volumeMounts": mounts,
     }
     pod_spec: Obj = {
         # Agents never call the API server; a mounted token would only be something to steal.
         "automountServiceAccountToken": False,
+        "initContainers": [buffer_owner(image, pull_policy, copy.deepcopy(resources), settings.agent.run_as_user)],
         "containers": [container],
         "securityContext": pods.pod_security(settings.agent.run_as_user),
         # Time for the agent to flush the window in progress to InfluxDB or its buffer.

@@ -35,6 +35,8 @@ COLLECTOR_ANNOTATION: Final = f"{GROUP}/collector"
 """The owning collector's full name, for when the instance label had to be shortened."""
 
 AGENT_CONTAINER: Final = "agent"
+BUFFER_OWNER_CONTAINER: Final = "buffer-owner"
+"""The init container that hands the node's buffer directory to the agent's uid."""
 METRICS_PORT_NAME: Final = "metrics"
 PROCESSOR_CONTAINER: Final = "processor"
 PROCESSOR_PORT_NAME: Final = "http"
@@ -94,6 +96,15 @@ def agent_service(collector: str) -> str:
 def agent_servicemonitor(collector: str) -> str:
     """The ServiceMonitor scraping the agents when the prometheus-operator CRD exists."""
     return dns_label(collector, "agent")
+
+
+def agent_buffer_directory(root: str, namespace: str, collector: str) -> str:
+    """The collector's buffer directory on each node; below it one per node name.
+
+    Plain names, no hashing: an admin cleaning up after a deleted collector finds it by name.
+    Namespace and collector names are DNS labels/subdomains, so neither can be ``..`` or hold a ``/``.
+    """
+    return f"{root.rstrip('/')}/{namespace}/{collector}"
 
 
 def selector_labels(collector: str) -> Mapping[str, str]:

@@ -282,15 +282,19 @@ def _failure(pod: Obj, warnings: Sequence[Obj]) -> str | None:
     if phase in {"Failed", "Succeeded"}:
         detail = status.get("reason") or status.get("message") or "exited"
         return f"pod {pod['metadata']['name']} {phase.lower()}: {detail}"
-    for cs in status.get("containerStatuses") or []:
+    # The buffer-owner init container first: while it fails, the agent container only waits.
+    statuses = [(f"init container {cs.get('name')}", cs) for cs in status.get("initContainerStatuses") or []] + [
+        ("agent", cs) for cs in status.get("containerStatuses") or []
+    ]
+    for who, cs in statuses:
         state = cs.get("state") or {}
         waiting = state.get("waiting") or {}
         if waiting.get("reason") in FAILING_WAIT_REASONS:
             message = f": {waiting['message']}" if waiting.get("message") else ""
-            return f"agent {waiting['reason']} (restarts {cs.get('restartCount', 0)}){message}"[:512]
+            return f"{who} {waiting['reason']} (restarts {cs.get('restartCount', 0)}){message}"[:512]
         last = (cs.get("lastState") or {}).get("terminated") or {}
         if not cs.get("ready") and cs.get("restartCount", 0) > 0 and last.get("exitCode", 0) != 0:
-            return f"agent restarted {cs['restartCount']} times, last exit code {last.get('exitCode')}"
+            return f"{who} restarted {cs['restartCount']} times, last exit code {last.get('exitCode')}"
     if not _is_ready(pod):
         uid = _uid(pod)
         mine = [w for w in warnings if ((w.get("involvedObject") or {}).get("uid")) == uid and uid]
@@ -474,6 +478,19 @@ class _Counts:
         )
 
 
+def _agent_started(pod: Obj) -> datetime | None:
+    """When the agent could first start: once the pod's init containers finished (the buffer-owner's
+    chown can take seconds on a busy node), not when the kubelet took the pod (``startTime``)."""
+    status = pod.get("status") or {}
+    started = parse_time(status.get("startTime"))
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "Initialized" and cond.get("status") == "True":
+            initialized = parse_time(cond.get("lastTransitionTime"))
+            if initialized is not None and (started is None or initialized > started):
+                return initialized
+    return started
+
+
 def _agent_lag(pod: Obj, report: AgentReport | None, horizon: float, window: float, now: datetime) -> str | None:
     """None when the agent reports; "" while it is young enough to still be waiting for its first write;
     otherwise what is wrong, for the condition message."""
@@ -485,7 +502,7 @@ def _agent_lag(pod: Obj, report: AgentReport | None, horizon: float, window: flo
     if future:
         # Not a write this agent is still waiting for: an answer (or a clock) that is wrong.
         return f"{where} (last write dated {human((last or 0) - now.timestamp())} in the future; agent clock?)"
-    started = parse_time((pod.get("status") or {}).get("startTime"))
+    started = _agent_started(pod)
     young = started is None or (now - started).total_seconds() < 2 * window
     if report is None:
         return "" if young else f"{where} (no answer from /status)"

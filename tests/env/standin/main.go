@@ -13,6 +13,9 @@
 //	nan              NaN and Infinity where numbers go
 //	future           a last write in 2096
 //	enormous-number  1e400 and -1e400
+//
+// Installed as `chown` too: the agent pod's buffer-owner init container runs `chown UID:GID DIR`
+// with the agent's image, and this one does exactly that (numeric ids only, not recursive).
 package main
 
 import (
@@ -21,6 +24,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -70,7 +74,30 @@ func status(mode string) http.HandlerFunc {
 	}
 }
 
+// chown does what the buffer-owner init container asks of coreutils' chown: `chown UID:GID PATH...`.
+func chown(args []string) int {
+	if len(args) < 2 {
+		fmt.Fprintln(os.Stderr, "chown: usage: chown UID:GID PATH...")
+		return 1
+	}
+	var uid, gid int
+	if _, err := fmt.Sscanf(args[0], "%d:%d", &uid, &gid); err != nil {
+		fmt.Fprintf(os.Stderr, "chown: %q: want numeric UID:GID\n", args[0])
+		return 1
+	}
+	for _, path := range args[1:] {
+		if err := os.Chown(path, uid, gid); err != nil {
+			fmt.Fprintln(os.Stderr, "chown:", err)
+			return 1
+		}
+	}
+	return 0
+}
+
 func main() {
+	if filepath.Base(os.Args[0]) == "chown" {
+		os.Exit(chown(os.Args[1:]))
+	}
 	cfg := load(os.Args)
 	ok := func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") }
 	mux := http.NewServeMux()

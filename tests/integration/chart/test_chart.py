@@ -84,6 +84,7 @@ def test_helm_lint_strict_is_clean(helm: Path, sets: tuple[str, ...]) -> None:
         ("operator.imagePullSecrets[0].nam=regcred", "/operator/imagePullSecrets/0"),
         ("operator.tolerations[0].effect=Sometimes", "/operator/tolerations/0/effect"),
         ("influxdb.adminPassword=short", "/influxdb/adminPassword"),
+        ("operator.agentBufferRoot=var/lib/observatory", "/operator/agentBufferRoot"),
     ],
 )
 def test_a_bad_value_is_refused_naming_it(helm: Path, setting: str, named: str) -> None:
@@ -292,6 +293,15 @@ def test_the_setup_job_writes_the_agents_token_secret_in_every_collector_namespa
     assert not [v for v in pod["containers"][0]["env"] if v["name"].endswith(("_TOKEN_SECRET", "_TOKEN_NAMESPACES"))]
     # And no InfluxDB of the chart's own: the token is the user's to make.
     assert not find(render(helm), "ServiceAccount", "obs-influxdb-setup")
+
+
+def test_the_agents_buffer_root_on_the_nodes_is_passed_to_the_operator(helm: Path) -> None:
+    def args(*sets: str) -> list[str]:
+        pod = operator_deployment(render(helm, *sets))["spec"]["template"]["spec"]
+        return list(pod["containers"][0]["args"])
+
+    assert "--agent-buffer-root=/var/lib/observatory" in args()
+    assert "--agent-buffer-root=/data/observatory" in args("operator.agentBufferRoot=/data/observatory")
 
 
 def test_install_notes_tell_a_new_user_the_next_commands(helm: Path) -> None:

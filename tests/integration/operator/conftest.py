@@ -22,6 +22,7 @@ from observatory_operator import rbac
 from tests.env import images
 from tests.env.controlplane import ControlPlane, write_kubeconfig
 from tests.env.dev import install_crds
+from tests.env.influx import InfluxDB
 from tests.env.kube import ApiError, Kube
 from tests.env.nodesim import REPO, VENV_BIN
 from tests.env.procs import Process, free_port, wait_for
@@ -89,7 +90,7 @@ class Operator:
 
 
 def operator_argv(
-    namespace: str, *, resync: float = RESYNC_SECONDS, extra: Sequence[str] = ()
+    namespace: str, *, resync: float = RESYNC_SECONDS, extra: Sequence[str] = (), buffer_root: Path | None = None
 ) -> tuple[list[str], int, int]:
     """The operator's command line for one namespace on free loopback ports: (argv, liveness port, metrics port)."""
     port, metrics_port = free_port(), free_port()
@@ -106,6 +107,8 @@ def operator_argv(
         "--log-format",
         "plain",
         *(["--verbose"] if os.environ.get("OBSERVATORY_OPERATOR_VERBOSE") else []),
+        # Agents' buffers in the bed's directory, not the machine's /var/lib/observatory.
+        *([f"--agent-buffer-root={buffer_root}"] if buffer_root else []),
         *extra,
     ]
     return argv, port, metrics_port
@@ -120,13 +123,51 @@ def start_operator(
     *,
     start: bool = True,
 ) -> Operator:
-    """The operator watching ``namespace`` as ``kubeconfig``'s user; ``start=False`` leaves starting to the caller."""
-    argv, port, metrics_port = operator_argv(namespace, resync=resync, extra=extra)
+    """The operator watching ``namespace`` as ``kubeconfig``'s user; ``start=False`` leaves starting to the caller.
+
+    ``log`` is ``<bed>/logs/<file>`` for every caller; agents' buffers go to ``agent_buffer_root(<bed>)``.
+    """
+    buffer_root = agent_buffer_root(log.parent.parent)
+    argv, port, metrics_port = operator_argv(namespace, resync=resync, extra=extra, buffer_root=buffer_root)
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1"}
     proc = Process("observatory-operator", argv, log=log, env=env, cwd=REPO)
     if start:
         proc.start()
     return Operator(proc, argv, env, f"http://127.0.0.1:{port}/healthz", f"http://127.0.0.1:{metrics_port}/metrics")
+
+
+def apply_influxdb_settings(kube: Kube, namespace: str, influxdb: InfluxDB, *, url: str | None = None) -> None:
+    """The Secret ``influxdb-auth`` (key ``token``) and the shared-config ConfigMap real agents write with;
+    ``url`` replaces InfluxDB's own (a fault proxy in front of it)."""
+    kube.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "influxdb-auth"},
+            "stringData": {"token": influxdb.token},
+        },
+        namespace,
+    )
+    kube.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "observatory-shared-config"},
+            "data": {
+                "influxdb_url": url or influxdb.url,
+                "influxdb_org": influxdb.org,
+                "influxdb_bucket": influxdb.bucket,
+                "cluster_name": "bed",
+            },
+        },
+        namespace,
+    )
+
+
+def agent_buffer_root(bed_root: Path) -> Path:
+    """Where the operator puts agents' buffer directories (hostPath) in tests: inside the bed, not in the
+    machine's /var/lib/observatory, so no test leaves a directory on the host."""
+    return bed_root / "agent-buffers"
 
 
 @pytest.fixture
@@ -419,30 +460,3 @@ def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
         if cond["type"] == type_:
             return dict(cond)
     return {}
-
-
-def write_access(kube: Kube, namespace: str, influxdb: Any, cluster: str = "bed") -> None:
-    """What real agents need to write to the bed's InfluxDB: the token Secret and the shared-config."""
-    kube.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "influxdb-auth"},
-            "stringData": {"token": influxdb.token},
-        },
-        namespace,
-    )
-    kube.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {"name": "observatory-shared-config"},
-            "data": {
-                "influxdb_url": influxdb.url,
-                "influxdb_org": influxdb.org,
-                "influxdb_bucket": influxdb.bucket,
-                "cluster_name": cluster,
-            },
-        },
-        namespace,
-    )

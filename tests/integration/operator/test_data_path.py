@@ -12,7 +12,7 @@ from tests.env.controlplane import ControlPlane
 from tests.env.fixtures import Nodes
 from tests.env.influx import InfluxDB
 from tests.env.nodesim import REPO
-from tests.integration.operator.conftest import Operator, condition, eventually, status_of, write_access
+from tests.integration.operator.conftest import Operator, apply_influxdb_settings, condition, eventually, status_of
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +21,7 @@ AGENT_IMAGE = "ghcr.io/happy-patterns-org/happy-observatory:2.0.0"
 
 
 def _setup(kube: Any, namespace: str, nodes: Nodes, influxdb: InfluxDB) -> None:
-    write_access(kube, namespace, influxdb)
+    apply_influxdb_settings(kube, namespace, influxdb)
     kube.apply(
         {
             "apiVersion": "observatory.happypatterns.org/v1alpha1",

@@ -30,7 +30,7 @@ from tests.env.fixtures import REAL, Nodes
 from tests.env.influx import InfluxDB
 from tests.env.kube import Kube
 from tests.env.procs import free_port
-from tests.integration.operator.conftest import GROUP_PATH, Operator, condition, eventually, write_access
+from tests.integration.operator.conftest import GROUP_PATH, Operator, apply_influxdb_settings, condition, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -95,7 +95,7 @@ def probe() -> Iterator[Probe]:
 
 
 def _setup(kube: Kube, namespace: str, nodes: Nodes, influxdb: InfluxDB, probe: Probe, **aggregations: Any) -> None:
-    write_access(kube, namespace, influxdb)
+    apply_influxdb_settings(kube, namespace, influxdb)
     kube.apply(
         {
             "apiVersion": "observatory.happypatterns.org/v1alpha1",

@@ -6,6 +6,7 @@ import json
 import os
 import textwrap
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -244,6 +245,52 @@ def test_init_containers_run_first_and_readiness_gates_ready(
     assert conds["Ready"] == "False"
     assert status["containerStatuses"][0]["ready"] is False
     assert "running" in status["containerStatuses"][0]["state"]
+
+
+def test_a_created_host_directory_is_the_nodes_own_and_subpath_expr_names_the_node(
+    control_plane: ControlPlane, nodes: Nodes, namespace: str
+) -> None:
+    """What the agents' buffer needs: a hostPath per node (simulated nodes share one disk), a subPathExpr,
+    and a root init container (a chown) that runs when the simulator is root and is moot when it is not."""
+    assert nodes.simulator is not None
+    host_path = f"/var/lib/observatory-sim-test/{namespace}"
+    node_env = [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}]
+    mount = [{"name": "disk", "mountPath": "/disk", "subPathExpr": "$(NODE_NAME)"}]
+    write = "import os, pathlib, time; pathlib.Path('/disk/hello').write_text(os.environ['NODE_NAME']); time.sleep(600)"
+    pod = {
+        "metadata": {"name": "writer"},
+        "spec": {
+            "nodeName": nodes.untainted[0],
+            "initContainers": [
+                {
+                    "name": "owner",
+                    "image": IMAGE,
+                    "command": ["chown", f"{os.geteuid()}:{os.getegid()}", "/disk"],
+                    "env": node_env,
+                    "securityContext": {"runAsUser": 0},
+                    "volumeMounts": mount,
+                }
+            ],
+            "containers": [
+                {
+                    "name": "main",
+                    "image": IMAGE,
+                    "command": ["python", "-c", write],
+                    "env": node_env,
+                    "volumeMounts": mount,
+                }
+            ],
+            "volumes": [{"name": "disk", "hostPath": {"path": host_path, "type": "DirectoryOrCreate"}}],
+            "terminationGracePeriodSeconds": 2,
+        },
+    }
+    control_plane.kube.create(f"/api/v1/namespaces/{namespace}/pods", pod)
+    node = nodes.untainted[0]
+    written = nodes.simulator.work_dir / "hosts" / node / host_path.lstrip("/") / node / "hello"
+    wait_until(lambda: written.exists() and written.read_text() == node, what="the file in the node's own directory")
+    assert not Path(host_path).exists()  # the machine's /var/lib is not the simulated node's disk
+    (init,) = control_plane.kube.get(f"/api/v1/namespaces/{namespace}/pods/writer")["status"]["initContainerStatuses"]
+    assert init["state"]["terminated"]["exitCode"] == 0
 
 
 def test_pods_binding_the_same_wildcard_port_each_get_their_own_ip(

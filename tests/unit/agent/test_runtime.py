@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -11,7 +12,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from observatory_agent import server
 from observatory_agent.collectors.host import HostPaths
@@ -117,7 +120,7 @@ async def test_endpoints_report_health_readiness_status_and_metrics(tmp_path: Pa
         assert "observatory_agent_buffer_corrupt_records_total" in metrics
         assert "observatory_agent_partials_errors_total" in metrics
         status = json.loads(body)
-        assert status["schema_version"] == 2
+        assert status["schema_version"] == 3
         assert status["collectors"]["memory"]["last_error"] is None
         assert status["collectors"]["memory"]["last_success"] is not None
         stop.set()
@@ -154,6 +157,77 @@ def test_sigterm_closes_the_window_early_flushes_and_exits_within_ten_seconds(tm
     record = buffer.peek()
     assert record is not None  # the open 1m window was closed early and kept
     assert any("node=node-a" in line for line in record.lines)
+
+
+def _start(config: Path, pod: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "NODE_NAME": "node-a", "POD_IP": "127.0.0.1", "POD_NAME": pod}
+    return subprocess.Popen(
+        [sys.executable, "-c", "from observatory_agent.cli import main; main()", "run", "--config", str(config)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _status(port: int) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=2) as resp:
+        answer: dict[str, Any] = json.loads(resp.read())
+        return answer
+
+
+def _poll(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if value := check():
+                return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_an_agent_started_while_the_old_one_holds_the_buffer_is_ready_then_takes_it_over(tmp_path: Path) -> None:
+    """A rolling update with maxSurge starts the new pod first and stops the old one only once the new one is ready:
+    the newcomer must not wait for the buffer, must not write to it while the old one does, and must lose nothing."""
+    buffer_dir = tmp_path / "buffer"
+    ports = {"old": _free_port(), "new": _free_port()}
+    procs = {}
+    for who in ("old", "new"):
+        (tmp_path / who).mkdir()
+        # A tag per process tells whose windows are whose in the buffer afterwards.
+        config = _config(tmp_path / who, buffer_dir=str(buffer_dir), port=ports[who], tags={"agent": who})
+        procs[who] = _start(config, f"agent-{who}")
+        _poll(lambda port=ports[who]: _status(port)["ready"], 15, f"the {who} agent ready")
+    try:
+        waiting = _status(ports["new"])["buffer"]
+        assert waiting["owned"] is False
+        assert waiting["held_by"] == "agent-old"
+        assert waiting["waiting_since"] is not None
+        assert _poll(lambda: _status(ports["new"])["buffer"]["unpersisted_points"], 5, "windows held in memory")
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports['new']}/metrics", timeout=2) as resp:
+            assert "observatory_agent_buffer_owned 0.0" in resp.read().decode()
+
+        procs["old"].send_signal(signal.SIGTERM)
+        assert procs["old"].wait(timeout=10) == 0
+        taken = _poll(lambda: (b := _status(ports["new"])["buffer"])["owned"] and b, 5, "the new agent owning it")
+        assert taken["held_by"] is None
+        assert taken["unpersisted_points"] == 0
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+    assert procs["new"].wait(timeout=10) == 0
+
+    own = [line for line in _buffered(buffer_dir) if line.startswith("system.memory.used,")]
+    whose = [("old" if ",agent=old," in line else "new", int(line.rsplit(" ", 1)[1])) for line in own]
+    old_ends = [end for who, end in whose if who == "old"]
+    new_ends = [end for who, end in whose if who == "new"]
+    assert old_ends
+    assert new_ends
+    # The old agent's batches (its final flush included) come first, then what the new one held meanwhile.
+    assert [who for who, _ in whose] == ["old"] * len(old_ends) + ["new"] * len(new_ends)
+    assert min(new_ends) <= max(old_ends)  # the two overlapped: no window without an agent
+    every = sorted({*old_ends, *new_ends})
+    assert every == list(range(every[0], every[-1] + 1000, 1000))  # 1 s windows (ms timestamps), none missing
 
 
 async def test_config_change_is_applied_without_restart(tmp_path: Path) -> None:
@@ -338,3 +412,33 @@ def test_flush_jitter_spreads_writes_over_a_fifth_of_the_window_at_most_5s(tmp_p
         delays = [agent._jitter() for _ in range(500)]
         assert 0.0 <= min(delays) < limit * 0.05
         assert limit * 0.95 < max(delays) <= limit
+
+
+async def test_partials_of_windows_closed_while_the_buffer_was_held_elsewhere_are_kept_after_the_takeover(
+    tmp_path: Path,
+) -> None:
+    """The partials' outboxes live in the buffer directory: the newcomer opens them only once it is its own."""
+    old = DurableBuffer(tmp_path / "buffer", 1 << 20, owner="agent-old")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        nowhere = f"http://127.0.0.1:{s.getsockname()[1]}"  # closed again: the processor is down
+    rule = {"rule": "mem", "url": nowhere, "metrics": ["system.memory.*"]}
+    watcher = ConfigWatcher(_config(tmp_path, processors=[rule]), None, environ={})
+    agent = Agent(watcher, node="n1", host="h1", paths=HostPaths(), version="t", telemetry=Telemetry("t", "n1"))
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    try:
+        await asyncio.sleep(2.5)
+        assert agent.status()["buffer"]["owned"] is False
+        assert not (tmp_path / "buffer" / "partials").exists()  # nothing written where the old agent owns
+        released = time.time()
+        old.close()
+        await asyncio.sleep(1.5)
+        assert agent.status()["buffer"]["owned"] is True
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=15)
+    outbox = sorted((tmp_path / "buffer" / "partials" / "mem").iterdir())
+    ends = sorted({int(p.name.split("-", 1)[0]) / 1000 for p in outbox})
+    assert ends[0] < released - 1  # windows closed while the directory was held elsewhere were kept
+    assert ends == [ends[0] + i for i in range(len(ends))]  # and none is missing since

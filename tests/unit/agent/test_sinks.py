@@ -612,6 +612,26 @@ async def test_replay_probes_the_oldest_then_goes_concurrent_and_acks_in_order(t
     assert len(buffer) == 0
 
 
+async def test_replay_sends_the_next_batch_when_the_oldest_is_answered_not_the_slowest(tmp_path: Path) -> None:
+    """InfluxDB keeps work queued: a slow batch holds back only the batches behind it in the window."""
+    buffer = DurableBuffer(tmp_path, 1 << 20)
+    for i in range(8):
+        buffer.append([f"m v={i} {i}"])
+    started: dict[int, float] = {}
+    finished: dict[int, float] = {}
+
+    class Writer:
+        async def send(self, payload: bytes, *, budget: float) -> None:
+            i = int(payload.decode().split()[-1])
+            started[i] = time.monotonic()
+            await asyncio.sleep(0.3 if i == 4 else 0.01)
+            finished[i] = time.monotonic()
+
+    assert await Delivery(Writer(), buffer).drain(budget=10)  # type: ignore[arg-type]
+    assert started[5] < finished[4]  # 1..4 went out together; 5 followed 1, not the slow 4
+    assert len(buffer) == 0
+
+
 async def test_replay_during_an_outage_is_one_request(tmp_path: Path) -> None:
     buffer = DurableBuffer(tmp_path, 1 << 20)
     for i in range(5):
@@ -665,3 +685,58 @@ def test_one_process_at_a_time_owns_a_buffer_directory(tmp_path: Path) -> None:
     first.close()
     free = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=30)
     assert free.stdout == ""
+
+
+def test_a_buffer_started_while_another_process_holds_it_waits_in_memory_then_takes_over(tmp_path: Path) -> None:
+    """A rollout that starts the new agent before the old one stops: never two writers, never a lost batch."""
+    old = DurableBuffer(tmp_path, 1 << 20, owner="agent-old")
+    old.append(["old 1"])
+    on_disk = sorted(p.name for p in tmp_path.iterdir())
+
+    new = DurableBuffer(tmp_path, 1 << 20, wait_for_lock=False, owner="agent-new")
+    assert not new.owned
+    assert new.holder() == "agent-old"
+    assert new.waiting_since is not None
+    assert new.points == 0  # the old owner's batches are not ours to send yet
+    new.append(["new 2"])
+    new.append(["new 3"])
+    assert new.unpersisted_points == 2
+    assert new.disk_bytes == 0
+    assert not new.claim()
+    old.append(["old 4"])  # the old agent's final flush, while the new one already runs
+    assert sorted(p.name for p in tmp_path.iterdir()) == on_disk  # the new one wrote nothing
+    old.close()
+
+    assert new.claim()
+    assert new.owned
+    assert new.holder() == "agent-new"
+    assert new.waiting_since is None
+    assert new.unpersisted_points == 0
+    new.close()
+    assert _drain_lines(DurableBuffer(tmp_path, 1 << 20)) == ["old 1", "old 4", "new 2", "new 3"]
+
+
+def test_a_batch_sent_while_its_buffer_is_claimed_is_sent_again_not_lost(tmp_path: Path) -> None:
+    old = DurableBuffer(tmp_path, 1 << 20)
+    old.append(["old 1"])
+    new = DurableBuffer(tmp_path, 1 << 20, wait_for_lock=False)
+    new.append(["new 2"])
+    in_flight = new.peek()
+    assert in_flight is not None
+    old.close()
+    assert new.claim()
+    new.ack(in_flight)  # acknowledged after the claim moved it behind the old batches: ignored
+    assert _drain_lines(new) == ["old 1", "new 2"]
+
+
+def test_batches_held_for_a_buffer_another_process_owns_are_bounded_and_counted(tmp_path: Path) -> None:
+    old = DurableBuffer(tmp_path, 1 << 20)
+    new = DurableBuffer(tmp_path, 1 << 20, wait_for_lock=False, max_memory_bytes=100)
+    for i in range(8):
+        new.append([f"held {i} " + "x" * 10])
+    assert new.dropped_points > 0
+    assert new.points + new.dropped_points == 8
+    assert new.write_errors == {}  # nothing failed on disk: it was never touched
+    lines = _drain_lines(new)
+    assert lines[-1].startswith("held 7 ")
+    old.close()

@@ -78,9 +78,14 @@ def test_a_pod_keeps_its_status_and_ports_not_its_volumes() -> None:
             "volumes": [{"name": "v"}],
             "containers": [{"name": "agent", "image": "i", "env": [], "ports": [{"name": "metrics"}]}],
         },
-        "status": {"phase": "Running", "podIP": "10.0.0.1"},
+        "status": {
+            "phase": "Running",
+            "podIP": "10.0.0.1",
+            "initContainerStatuses": [{"name": "buffer-owner", "state": {"terminated": {"exitCode": 0}}}],
+        },
     }
     kept = trim_pod(pod)
+    assert kept["status"]["initContainerStatuses"][0]["name"] == "buffer-owner"  # a failing one is reported
     assert kept["spec"]["containers"] == [{"name": "agent", "ports": [{"name": "metrics"}]}]
     assert "volumes" not in kept["spec"]
     assert kept["status"]["podIP"] == "10.0.0.1"

@@ -201,10 +201,11 @@ def test_host_paths_are_mounted_read_only_with_host_env() -> None:
     pod = _pod_spec(CASES["minimal-defaults"])
     (container,) = pod["containers"]
     host_volumes = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
-    assert sorted(host_volumes.values()) == ["/", "/proc", "/sys"]
+    assert sorted(host_volumes.values()) == ["/", "/proc", "/sys", "/var/lib/observatory/monitoring/nodes"]
     for mount in container["volumeMounts"]:
         if mount["name"] in host_volumes:
-            assert mount["readOnly"] is True
+            # The node is only read; the one writable host directory is the agent's own buffer.
+            assert mount.get("readOnly") is (None if mount["name"] == "buffer" else True), mount
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["HOST_PROC"] == "/host/proc"
     assert env["HOST_SYS"] == "/host/sys"
@@ -349,3 +350,83 @@ def test_metrics_port_reaches_container_probes_service_and_agent_config() -> Non
     assert objects["Service"]["spec"]["ports"][0]["port"] == 9470
     config = AgentConfig.model_validate_json(objects["ConfigMap"]["data"]["agent.json"])
     assert config.port == 9470
+
+
+# --- the buffer on the node -------------------------------------------------------------------
+
+
+def _volume(pod: dict[str, Any], name: str) -> dict[str, Any]:
+    (volume,) = [v for v in pod["volumes"] if v["name"] == name]
+    return volume
+
+
+def test_the_buffer_is_a_host_directory_per_collector_and_node_so_it_outlives_the_pod() -> None:
+    pod = _pod_spec(CASES["minimal-defaults"])
+    assert _volume(pod, "buffer") == {
+        "name": "buffer",
+        "hostPath": {"path": "/var/lib/observatory/monitoring/nodes", "type": "DirectoryOrCreate"},
+    }
+    (container,) = pod["containers"]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "buffer"]
+    assert mount == {"name": "buffer", "mountPath": "/var/lib/observatory/buffer", "subPathExpr": "$(NODE_NAME)"}
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"] if "valueFrom" in e}
+    assert env["NODE_NAME"] == "spec.nodeName"  # what $(NODE_NAME) expands to
+    config = AgentConfig.model_validate_json(
+        _by_kind(build_collector(OWNER, CASES["minimal-defaults"], Settings()).objects)["ConfigMap"]["data"][
+            "agent.json"
+        ]
+    )
+    assert config.buffer_dir == mount["mountPath"]
+
+
+def test_two_collectors_never_share_a_buffer_directory() -> None:
+    spec = CASES["minimal-defaults"]
+    paths = {
+        _volume(
+            _by_kind(build_collector(owner, spec, Settings()).objects)["DaemonSet"]["spec"]["template"]["spec"],
+            "buffer",
+        )["hostPath"]["path"]
+        for owner in (
+            OWNER,
+            dataclasses.replace(OWNER, name="other"),
+            dataclasses.replace(OWNER, namespace="team-b"),
+        )
+    }
+    assert paths == {
+        "/var/lib/observatory/monitoring/nodes",
+        "/var/lib/observatory/monitoring/other",
+        "/var/lib/observatory/team-b/nodes",
+    }
+
+
+def test_the_buffer_root_comes_from_settings_and_moving_it_rolls_the_agents() -> None:
+    moved = Settings(agent=dataclasses.replace(Settings().agent, buffer_root="/data/observatory/"))
+    ds = _by_kind(build_collector(OWNER, CASES["minimal-defaults"], moved).objects)["DaemonSet"]
+    assert _volume(ds["spec"]["template"]["spec"], "buffer")["hostPath"]["path"] == "/data/observatory/monitoring/nodes"
+    assert _hash(CASES["minimal-defaults"], moved) != _hash(CASES["minimal-defaults"])
+
+
+def test_only_the_buffer_owner_runs_as_root_and_it_may_only_chown_that_one_directory() -> None:
+    pod = _pod_spec(CASES["example-collector"])
+    (init,) = pod["initContainers"]
+    (agent,) = pod["containers"]
+    assert init["name"] == "buffer-owner"
+    assert init["image"] == agent["image"]
+    assert init["command"] == ["chown", "65532:65532", "/var/lib/observatory/buffer"]  # never -R
+    assert init["securityContext"] == {
+        "runAsUser": 0,
+        "runAsGroup": 0,
+        "runAsNonRoot": False,
+        "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"], "add": ["CHOWN"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert init["volumeMounts"] == [m for m in agent["volumeMounts"] if m["name"] == "buffer"]
+    assert [e["name"] for e in init["env"]] == ["NODE_NAME"]
+    # Baseline Pod Security admits CHOWN; it is the only capability added anywhere in the pod.
+    added = [c.get("securityContext", {}).get("capabilities", {}).get("add") for c in [init, agent]]
+    assert added == [["CHOWN"], None]
+    assert agent["securityContext"]["runAsUser"] == 65532
+    assert agent["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert init["resources"] == agent["resources"]

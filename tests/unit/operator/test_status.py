@@ -30,6 +30,12 @@ TAINTED = ("node-c", "NotTolerated", "dedicated=gpu:NoSchedule")
 NODES = [node("node-a"), node("node-b"), node("node-c", {"pool": "gpu"}, [GPU_TAINT])]
 
 
+def initialized(p: dict[str, Any], at: str) -> dict[str, Any]:
+    """``p`` with its init containers finished at ``at`` (the pod's Initialized condition)."""
+    p["status"]["conditions"].append({"type": "Initialized", "status": "True", "lastTransitionTime": at})
+    return p
+
+
 def pod(
     name: str,
     on: str | None,
@@ -55,6 +61,20 @@ def pod(
             "containerStatuses": [cs],
         },
     }
+
+
+def init_failing(agent_pod: dict[str, Any]) -> dict[str, Any]:
+    """The pod with its buffer-owner init container crash-looping (say, an image without chown)."""
+    agent_pod["status"]["initContainerStatuses"] = [
+        {
+            "name": "buffer-owner",
+            "ready": False,
+            "restartCount": 3,
+            "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+            "lastState": {"terminated": {"exitCode": 127}},
+        }
+    ]
+    return agent_pod
 
 
 def ds(desired: int, ready: int, updated: int | None = None, *, host_network: bool = False) -> dict[str, Any]:
@@ -210,6 +230,12 @@ BOTH_WROTE = {"a-1": wrote(10), "a-2": wrote(30)}
             [pod("a-1", "node-a"), pod("a-2", "node-b", ready=False, phase="Failed")],
             [("node-b", "PodFailing", "failed"), TAINTED],
         ),
+        (
+            "a crash-looping buffer-owner init container is failing, named",
+            spec(),
+            [pod("a-1", "node-a"), init_failing(pod("a-2", "node-b", ready=False, waiting="PodInitializing"))],
+            [("node-b", "PodFailing", "init container buffer-owner CrashLoopBackOff (restarts 3)"), TAINTED],
+        ),
     ],
 )
 def test_uncovered_nodes_name_their_reason(
@@ -261,6 +287,25 @@ def test_prefer_no_schedule_taints_never_uncover_a_node() -> None:
                 "reports": {"a-1": st.AgentReport(ready=True), "a-2": None},
             },
             "Ready", "2/2", "0/2", "Unknown",
+        ),
+        (
+            # The clock starts when the init containers (the buffer-owner) finished, not at the pod's startTime.
+            "agents whose init containers just finished are waiting, not failing",
+            {
+                "daemonset": ds(2, 2),
+                "pods": [initialized(pod("a-1", "node-a"), JUST_NOW), initialized(pod("a-2", "node-b"), JUST_NOW)],
+                "reports": {"a-1": st.AgentReport(ready=True), "a-2": None},
+            },
+            "Ready", "2/2", "0/2", "Unknown",
+        ),
+        (
+            "agents initialized long ago without a write are not reporting",
+            {
+                "daemonset": ds(2, 2),
+                "pods": [initialized(pod("a-1", "node-a"), LONG_AGO), initialized(pod("a-2", "node-b"), LONG_AGO)],
+                "reports": {"a-1": st.AgentReport(ready=True), "a-2": None},
+            },
+            "Degraded", "2/2", "0/2", "False",
         ),
         (
             "a rollout in progress",
