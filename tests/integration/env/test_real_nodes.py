@@ -174,9 +174,14 @@ def test_host_network_pods_on_two_nodes_bind_one_port_on_their_own_node_ips(
     live = _running(control_plane, namespace, *pods)
     ips = {p["status"]["hostIP"] for p in live.values()}
     assert len(ips) == 2, "two nodes, two addresses"
-    for ip in ips:
+
+    def answers(ip: str) -> bool:
         with urllib.request.urlopen(f"http://{ip}:{port}/", timeout=5) as resp:
-            assert resp.status == 200
+            return bool(resp.status == 200)
+
+    for ip in ips:
+        # Running is not listening yet: python starts its server a moment after the container starts.
+        wait_until(lambda ip=ip: answers(ip), timeout=30, what=f"the pod on {ip} answering on its node's IP")
 
 
 def test_memory_limits_are_enforced(control_plane: ControlPlane, nodes: Nodes, namespace: str) -> None:
