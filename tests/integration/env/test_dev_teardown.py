@@ -30,6 +30,14 @@ def test_ctrl_c_of_make_dev_leaves_nothing_behind(tmp_path: Path) -> None:
         pytest.skip(f"real nodes cannot run here: {realnodes.unavailable_reason()}")
     state = tmp_path / "dev"
     specs = realnodes.default_specs()
+    # A bed that died without teardown (a killed session) left host state behind: clear it first, as
+    # every bed does, so the snapshot below is of the host itself.
+    cleaner = realnodes.HostNetwork()
+    cleaner.acquire()
+    try:
+        cleaner.clear_stale([realnodes.node_cache(s.name) for s in specs])
+    finally:
+        cleaner.release()
     # Our own audit, independent of the one make dev prints: the same host checks, from before it started.
     watcher = realnodes.HostNetwork(state_file=tmp_path / "unused.json")
     watcher.before = realnodes.HostSnapshot.take()
