@@ -28,7 +28,7 @@ import yaml
 
 from tests.env import images
 from tests.env.controlplane import ControlPlane
-from tests.env.fixtures import REAL, Nodes, wait_until
+from tests.env.fixtures import REAL, Nodes, require_real_nodes, wait_until
 from tests.env.influx import InfluxDB
 from tests.env.kube import AGENTS_NAMESPACE_LABELS, PSA_OPERATOR, ApiError, Obj
 from tests.env.nodesim import REPO
@@ -561,8 +561,7 @@ def test_install_with_the_bundled_influxdb_as_a_pod(
 ) -> None:
     """influxdb.enabled: the chart's InfluxDB (the bed's influxd in an image) set up by the chart's Job;
     agents reach it by its Service name through cluster DNS."""
-    if nodes.mode != REAL:
-        pytest.skip("needs real nodes: the simulator runs only the project image")
+    require_real_nodes(nodes.mode, "the bundled InfluxDB is a pod of its own image")
     install_collect_uninstall(
         control_plane, nodes, influxdb, operator_namespace, agents_namespace, helm_cli, bed_root,
         watch_namespaces=[agents_namespace], bundled_influxdb=True,

@@ -382,3 +382,9 @@ __all__ = [
     "nodes",
     "wait_until",
 ]
+
+
+def require_real_nodes(mode: str, why: str) -> None:
+    """Fail (never skip) a test that needs real nodes when the bed runs simulated ones: `make test` runs as root."""
+    if mode != REAL:
+        pytest.fail(f"needs real nodes ({why}); this bed runs {mode} nodes: run `make test` as root, as CI does")

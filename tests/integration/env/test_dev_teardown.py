@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.env import realnodes
+from tests.env.fixtures import REAL, require_real_nodes
 from tests.env.kube import Kube
 from tests.env.nodesim import REPO
 from tests.env.procs import wait_for
@@ -26,8 +27,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.whole_bed]
 
 
 def test_ctrl_c_of_make_dev_leaves_nothing_behind(tmp_path: Path) -> None:
-    if realnodes.unavailable_reason() is not None:
-        pytest.skip(f"real nodes cannot run here: {realnodes.unavailable_reason()}")
+    why = realnodes.unavailable_reason()
+    require_real_nodes("simulated" if why else REAL, f"make dev's real bed; here: {why}")
     state = tmp_path / "dev"
     specs = realnodes.default_specs()
     # A bed that died without teardown (a killed session) left host state behind: clear it first, as

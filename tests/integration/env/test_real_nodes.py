@@ -12,7 +12,7 @@ import pytest
 
 from tests.env import images, realnodes
 from tests.env.controlplane import ControlPlane
-from tests.env.fixtures import REAL, Nodes, wait_until
+from tests.env.fixtures import Nodes, require_real_nodes, wait_until
 from tests.env.kube import Obj
 from tests.env.procs import free_port
 
@@ -32,8 +32,7 @@ SERVE = "import http.server as h; h.ThreadingHTTPServer(('', 8080), h.SimpleHTTP
 
 @pytest.fixture(autouse=True)
 def _real_only(nodes: Nodes) -> None:
-    if nodes.mode != REAL:
-        pytest.skip("real nodes only (this machine runs simulated nodes: not root)")
+    require_real_nodes(nodes.mode, "kubelets, containerd and CNI are what these tests check")
 
 
 def _pod(name: str, node: str, command: list[str], **spec: Any) -> Obj:

@@ -26,7 +26,7 @@ import pytest
 
 from tests.env import realnodes
 from tests.env.controlplane import ControlPlane
-from tests.env.fixtures import REAL, Nodes
+from tests.env.fixtures import Nodes, require_real_nodes
 from tests.env.influx import InfluxDB
 from tests.env.kube import Kube
 from tests.env.procs import free_port
@@ -46,8 +46,7 @@ def measurement(namespace: str) -> str:
 
 @pytest.fixture(autouse=True)
 def _real_only(nodes: Nodes) -> None:
-    if nodes.mode != REAL:
-        pytest.skip("needs real nodes: agents reach the processor through its Service and cluster DNS")
+    require_real_nodes(nodes.mode, "agents reach the processor through its Service and cluster DNS")
 
 
 @dataclass
