@@ -12,17 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Final
 
 import kopf
-from pydantic import ValidationError
 
 from observatory_agent.contract import DEFAULT_METRICS_PORT, ProcessorTarget
 from observatory_operator import reasons
-from observatory_operator.api.models import API_VERSION, GROUP, VERSION, ObservatoryCollector, ObservatoryCollectorSpec
+from observatory_operator.api.models import API_VERSION, ObservatoryCollector, ObservatoryCollectorSpec
 from observatory_operator.controller.cache import Cache
 from observatory_operator.controller.machinery import UID_INDEX, Controller, Kind, Plan, Reference, Round, Watch, by_uid
+from observatory_operator.handlers.common import Seen, controlled_child, parse_as, paused, register_events, unusable
 from observatory_operator.kube.apply import CONTROLLER_INDEX, by_controller
 from observatory_operator.kube.client import (
     CONFIGMAPS,
@@ -40,7 +39,7 @@ from observatory_operator.objects import Key, Obj, Owner, controller_of, control
 from observatory_operator.reasons import Outcome, Verdict
 from observatory_operator.settings import Settings
 from observatory_operator.status import collector as funnel
-from observatory_operator.status.conditions import Computed
+from observatory_operator.status.conditions import Computed, invalid
 
 PLURAL: Final = "observatorycollectors"
 COLLECTORS: Final = Resource(API_VERSION, "ObservatoryCollector", PLURAL)
@@ -58,14 +57,8 @@ class _Planned:
 
 
 def parse(body: Mapping[str, Any]) -> tuple[ObservatoryCollector | None, Verdict | None]:
-    """The typed resource, or the verdict that names the field and the rule it breaks."""
-    raw = {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body}
-    try:
-        return ObservatoryCollector.model_validate(raw), None
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        return None, Verdict(Outcome.INVALID, reasons.INVALID_SPEC, f"{where}: {err['msg']}")
+    """The typed collector, or the verdict that names the field and the rule it breaks."""
+    return parse_as(ObservatoryCollector, body)
 
 
 # --- what the cache keeps (only what status reads) -------------------------------------------
@@ -201,15 +194,14 @@ def kind(settings: Settings, prober: Prober, processors: Targets | None = None) 
     """The collector's round as the machinery runs it; ``processors`` reads the rules that name a collector."""
 
     async def plan(body: Obj, cache: Cache) -> Plan:
-        collector, invalid = parse(body)
+        collector, refused = parse(body)
         if collector is None:
-            return Plan(invalid or Verdict(Outcome.INVALID, reasons.INVALID_SPEC), context=_Planned(None))
+            return unusable(refused, _Planned(None))
         spec, owner = collector.spec, Owner.of(body)
         cm = await cache.named(CONFIGMAPS, owner.namespace, spec.shared_config.name)
         shared: Mapping[str, str] | None = (cm.get("data") or {}) if cm is not None else None
         if spec.paused:
-            verdict = Verdict(Outcome.PAUSED, reasons.PAUSED, "spec.paused is true: children are left as they are")
-            return Plan(verdict, context=_Planned(spec, shared))
+            return paused(_Planned(spec, shared))
         if cm is None and not spec.shared_config.optional:
             message = (
                 f"ConfigMap {spec.shared_config.name} (spec.sharedConfig) not found in namespace {owner.namespace}; "
@@ -235,18 +227,11 @@ def kind(settings: Settings, prober: Prober, processors: Targets | None = None) 
 
     async def status(body: Obj, rnd: Round, cache: Cache) -> Computed:
         planned: _Planned = rnd.plan.context
-        meta = body["metadata"]
-        generation = int(meta.get("generation") or 0)
-        previous = (body.get("status") or {}).get("conditions") or []
-        now = datetime.now(UTC)
+        seen = Seen.of(body)
         if planned.spec is None:
-            return funnel.invalid(generation, rnd.verdict, previous, now)
+            return invalid(seen.generation, rnd.verdict, seen.previous_conditions, seen.now)
         owner = rnd.owner
-        ds = rnd.applied.live.get("DaemonSet") or cache.store(DAEMONSETS).get(
-            owner.namespace, names.agent_daemonset(owner.name)
-        )
-        if ds is not None and controller_uid(ds) != owner.uid:
-            ds = None  # a namesake we do not control (NameTaken) says nothing about this collector
+        ds = controlled_child(rnd, cache, DAEMONSETS, names.agent_daemonset(owner.name))
         ds_uid = str((ds or {}).get("metadata", {}).get("uid") or "")
         pods = cache.store(PODS).by_index(CONTROLLER_INDEX, ds_uid) if ds_uid else []
         events = cache.store(EVENTS)
@@ -258,7 +243,7 @@ def kind(settings: Settings, prober: Prober, processors: Targets | None = None) 
         ]
         answers = await prober.read(pods, _metrics_port)
         observed = funnel.Observed(
-            generation=generation,
+            generation=seen.generation,
             spec=planned.spec,
             verdict=rnd.verdict,
             namespace=owner.namespace,
@@ -268,12 +253,12 @@ def kind(settings: Settings, prober: Prober, processors: Targets | None = None) 
             warnings=warnings,
             reports={k: funnel.AgentReport.from_json(v) if v is not None else None for k, v in answers.items()},
             window_seconds=funnel.effective_window(planned.spec, planned.shared),
-            config_hash=planned.config_hash or (body.get("status") or {}).get("configHash"),
-            previous_conditions=previous,
+            config_hash=planned.config_hash or seen.config_hash,
+            previous_conditions=seen.previous_conditions,
         )
-        computed = funnel.compute(observed, now)
+        computed = funnel.compute(observed, seen.now)
         notice = funnel.shared_config_notice(
-            funnel.shared_config_problem(planned.shared, planned.spec.shared_config.name), previous
+            funnel.shared_config_problem(planned.shared, planned.spec.shared_config.name), seen.previous_conditions
         )
         return Computed(computed.status, computed.transitions, [notice] if notice else [])
 
@@ -310,12 +295,8 @@ def kind(settings: Settings, prober: Prober, processors: Targets | None = None) 
 
 
 def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
-    """The thin kopf handler: every watch event of a collector goes to the machinery, which does the rest."""
-
-    @kopf.on.event(GROUP, VERSION, PLURAL, id="collector", registry=registry)
-    async def collector_event(type: str | None, body: kopf.Body, **_: Any) -> None:
-        # No API calls, no writes here: remember the newest body and queue a round for its key.
-        controller.observe(type, dict(body))
+    """Every watch event of a collector goes to the machinery."""
+    register_events(registry, controller, PLURAL, "collector")
 
 
 __all__ = ["COLLECTORS", "kind", "parse", "register"]

@@ -17,19 +17,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Final
 
 import kopf
-from pydantic import ValidationError
 
 from observatory_agent.contract import DEFAULT_PROCESSOR_PORT, ProcessorTarget, parse_duration
 from observatory_operator import reasons
-from observatory_operator.api.models import API_VERSION, GROUP, VERSION, AggregationRule, AggregationRuleSpec
+from observatory_operator.api.models import API_VERSION, AggregationRule, AggregationRuleSpec
 from observatory_operator.controller.cache import Cache
 from observatory_operator.controller.machinery import Controller, Kind, Plan, Round, Watch
 from observatory_operator.handlers.collector import COLLECTORS
 from observatory_operator.handlers.collector import parse as parse_collector
+from observatory_operator.handlers.common import Seen, controlled_child, parse_as, paused, register_events, unusable
 from observatory_operator.kube.apply import CONTROLLER_INDEX
 from observatory_operator.kube.client import (
     CONFIGMAPS,
@@ -44,7 +43,7 @@ from observatory_operator.kube.client import (
 from observatory_operator.kube.probe import Prober
 from observatory_operator.manifests import Feeder, build_rule, names
 from observatory_operator.manifests.processor import processor_target
-from observatory_operator.objects import Key, Obj, Owner, controller_uid, key_of
+from observatory_operator.objects import Key, Obj, Owner, key_of
 from observatory_operator.reasons import Outcome, Verdict
 from observatory_operator.settings import Settings
 from observatory_operator.status import rule as funnel
@@ -71,14 +70,8 @@ class _Planned:
 
 
 def parse(body: Mapping[str, Any]) -> tuple[AggregationRule | None, Verdict | None]:
-    """The typed resource, or the verdict that names the field and the rule it breaks."""
-    raw = {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body}
-    try:
-        return AggregationRule.model_validate(raw), None
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        return None, Verdict(Outcome.INVALID, reasons.INVALID_SPEC, f"{where}: {err['msg']}")
+    """The typed rule, or the verdict that names the field and the rule it breaks."""
+    return parse_as(AggregationRule, body)
 
 
 def named_collectors(rule: Obj) -> list[Key]:
@@ -141,11 +134,10 @@ def kind(settings: Settings, prober: Prober) -> Kind:
     async def plan(body: Obj, cache: Cache) -> Plan:
         rule, invalid_spec = parse(body)
         if rule is None:
-            return Plan(invalid_spec or Verdict(Outcome.INVALID, reasons.INVALID_SPEC), context=_Planned(None))
+            return unusable(invalid_spec, _Planned(None))
         spec, owner = rule.spec, Owner.of(body)
         if spec.paused:
-            verdict = Verdict(Outcome.PAUSED, reasons.PAUSED, "spec.paused is true: children are left as they are")
-            return Plan(verdict, context=_Planned(spec))
+            return paused(_Planned(spec))
         collectors = cache.primary(COLLECTORS)
         feeders, missing, problems = [], [], []
         window = parse_duration(spec.window, key="spec.window")
@@ -170,18 +162,11 @@ def kind(settings: Settings, prober: Prober) -> Kind:
 
     async def status(body: Obj, rnd: Round, cache: Cache) -> Computed:
         planned: _Planned = rnd.plan.context
-        meta = body["metadata"]
-        generation = int(meta.get("generation") or 0)
-        previous = (body.get("status") or {}).get("conditions") or []
-        now = datetime.now(UTC)
+        seen = Seen.of(body)
         if planned.spec is None:
-            return invalid(generation, rnd.verdict, previous, now)
+            return invalid(seen.generation, rnd.verdict, seen.previous_conditions, seen.now)
         owner = rnd.owner
-        deploy = rnd.applied.live.get("Deployment") or cache.store(DEPLOYMENTS).get(
-            owner.namespace, names.processor_deployment(owner.name)
-        )
-        if deploy is not None and controller_uid(deploy) != owner.uid:
-            deploy = None  # a namesake we do not control says nothing about this rule
+        deploy = controlled_child(rnd, cache, DEPLOYMENTS, names.processor_deployment(owner.name))
         pods = [
             p
             for p in cache.store(PODS).by_index(PROCESSOR_POD_INDEX, (owner.namespace, names.label_value(owner.name)))
@@ -194,7 +179,7 @@ def kind(settings: Settings, prober: Prober) -> Kind:
         )
         started = [t.timestamp() for p in pods if (t := parse_time((p.get("status") or {}).get("startTime")))]
         observed = funnel.Observed(
-            generation=generation,
+            generation=seen.generation,
             spec=planned.spec,
             verdict=rnd.verdict,
             namespace=owner.namespace,
@@ -204,10 +189,10 @@ def kind(settings: Settings, prober: Prober) -> Kind:
             expected_nodes=_expected_nodes(cache, planned.feeders, owner.namespace),
             missing_collectors=planned.missing,
             window_problems=planned.window_problems,
-            config_hash=planned.config_hash or (body.get("status") or {}).get("configHash"),
-            previous_conditions=previous,
+            config_hash=planned.config_hash or seen.config_hash,
+            previous_conditions=seen.previous_conditions,
         )
-        return funnel.compute(observed, now)
+        return funnel.compute(observed, seen.now)
 
     return Kind(
         resource=RULES,
@@ -257,12 +242,8 @@ def connect(rules: Controller, collectors: Controller) -> None:
 
 
 def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
-    """The thin kopf handler: every watch event of a rule goes to the machinery, which does the rest."""
-
-    @kopf.on.event(GROUP, VERSION, PLURAL, id="rule", registry=registry)
-    async def rule_event(type: str | None, body: kopf.Body, **_: Any) -> None:
-        # No API calls, no writes here: remember the newest body and queue a round for its key.
-        controller.observe(type, dict(body))
+    """Every watch event of a rule goes to the machinery."""
+    register_events(registry, controller, PLURAL, "rule")
 
 
 __all__ = ["COLLECTOR_INDEX", "RULES", "connect", "kind", "named_collectors", "parse", "register", "targets_for"]
