@@ -199,11 +199,18 @@ def expected(points: list[dict[str, Any]], end: float) -> dict[str, float]:
 
 
 def settled_windows(influxdb: InfluxDB, namespace: str, want: int) -> list[float]:
-    """Window ends (of the 'bed' group) with every node's points in, at least ``want`` of them."""
+    """Window ends (of the 'bed' group) with every node's points in, at least ``want`` of them, from the first
+    window every agent sent a partial for: agents load the rule's target when the kubelet refreshes their
+    config volume, not all at the same moment, and a window before that rightly rolls up fewer nodes."""
 
     def complete() -> list[float] | None:
-        written = sorted(end for (group, end) in rollups(influxdb, namespace) if group == "bed")
-        full = [e for e in written[:-1] if expected(node_points(influxdb, namespace), e)["nodes"] == 3]
+        written = rollups(influxdb, namespace)
+        ends = sorted(end for (group, end) in written if group == "bed")
+        since = next((e for e in ends if int(written[("bed", e)]["nodes"]) == 3), None)
+        if since is None:
+            return None
+        points = node_points(influxdb, namespace)
+        full = [e for e in ends[:-1] if e >= since and expected(points, e)["nodes"] == 3]
         return full if len(full) >= want else None
 
     result: list[float] = eventually(complete, timeout=150, what=f"{want} complete roll-up windows in InfluxDB")
