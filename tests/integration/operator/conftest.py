@@ -270,12 +270,16 @@ OPERATOR_ACCOUNT = "observatory-operator"
 
 
 def audit_events(control_plane: ControlPlane) -> list[dict[str, Any]]:
-    """Every request of a non-admin user so far, one entry per request (its last stage), in arrival order."""
+    """Every request of a non-admin user so far, one entry per request (its last stage), in arrival order.
+
+    Requests that failed authentication (401: no user; a pod whose ServiceAccount `helm uninstall` deleted
+    while it was still shutting down) are nobody's and left out."""
     latest: dict[str, dict[str, Any]] = {}
     with control_plane.audit_log.open() as lines:
         for line in lines:
             event = json.loads(line)
-            latest[event["auditID"]] = event  # ResponseComplete after ResponseStarted (watches)
+            if (event.get("user") or {}).get("username"):
+                latest[event["auditID"]] = event  # ResponseComplete after ResponseStarted (watches)
     return sorted(latest.values(), key=lambda e: e["requestReceivedTimestamp"])
 
 
