@@ -40,7 +40,7 @@ unit: bootstrap ## Unit tests only (pure code, fast)
 	$(UV) run pytest tests/unit
 
 test: lint typecheck imports workflows env ## Every check: lint, types, import contracts, unit + integration + e2e tests
-	$(UV) run pytest
+	$(UV) run python -m tests.env.suites
 
 crds: bootstrap ## Regenerate CRD YAML from the pydantic models
 	$(UV) run python -m observatory_operator.api.generate
