@@ -130,8 +130,13 @@ def _labels_from_env(text: str) -> list[tuple[str, str]]:
     return [_label(item) for item in text.split(",") if item.strip()]
 
 
-def build_registry(machinery: Machinery, *, elector: LeaderElector | None) -> kopf.OperatorRegistry:
-    """The handlers this operator runs, in a registry of its own (not kopf's import-time global one)."""
+def build_registry(
+    machinery: Machinery, *, elector: LeaderElector | None, stopped: asyncio.Event | None = None
+) -> kopf.OperatorRegistry:
+    """The handlers this operator runs, in a registry of its own (not kopf's import-time global one).
+
+    ``stopped`` is the stop flag handed to kopf: set once the operator has stopped for any reason (a
+    signal too), or kopf's task waiting on it holds the exit back by 5 s (its wait for leftover tasks)."""
     registry = kopf.OperatorRegistry()
     tasks: list[asyncio.Task[None]] = []
 
@@ -165,6 +170,8 @@ def build_registry(machinery: Machinery, *, elector: LeaderElector | None) -> ko
             with contextlib.suppress(asyncio.CancelledError):
                 await task  # releases the Lease, so a standby takes over at once
         await machinery.stop()
+        if stopped is not None:
+            stopped.set()
 
     collector.register(registry, machinery.controller(collector.COLLECTORS.kind))
     rule.register(registry, machinery.controller(rule.RULES.kind))
@@ -219,7 +226,7 @@ async def _operate(args: argparse.Namespace, settings: Settings) -> int:
         )
     try:
         await kopf.operator(
-            registry=build_registry(machinery, elector=elector),
+            registry=build_registry(machinery, elector=elector, stopped=stopped),
             clusterwide=args.all_namespaces,
             namespaces=args.namespace or (),
             standalone=True,  # one writer is the Lease's job, not kopf peering's
