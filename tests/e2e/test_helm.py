@@ -505,7 +505,16 @@ def test_chart_lints_for_the_bed_kubernetes(control_plane: ControlPlane, helm_cl
         assert "0 chart(s) failed" in done.stdout, done.stdout
 
 
-def test_install_collect_uninstall_with_namespace_role(
+@pytest.mark.parametrize(
+    ("watch", "replicas"),
+    [
+        pytest.param("agents", 1, id="namespace-role"),
+        pytest.param("all", 1, id="all-namespaces"),
+        # Two replicas: the Lease (and the chart's leader-election Role) keeps one writer, and the flow still works.
+        pytest.param("agents", 2, id="standby-replicas"),
+    ],
+)
+def test_install_collect_uninstall(
     control_plane: ControlPlane,
     nodes: Nodes,
     influxdb: InfluxDB,
@@ -513,40 +522,12 @@ def test_install_collect_uninstall_with_namespace_role(
     agents_namespace: str,
     helm_cli: Helm,
     bed_root: Path,
+    watch: str,
+    replicas: int,
 ) -> None:
     install_collect_uninstall(
         control_plane, nodes, influxdb, operator_namespace, agents_namespace, helm_cli, bed_root,
-        watch_namespaces=[agents_namespace],
-    )  # fmt: skip
-
-
-def test_install_collect_uninstall_watching_all_namespaces(
-    control_plane: ControlPlane,
-    nodes: Nodes,
-    influxdb: InfluxDB,
-    operator_namespace: str,
-    agents_namespace: str,
-    helm_cli: Helm,
-    bed_root: Path,
-) -> None:
-    install_collect_uninstall(
-        control_plane, nodes, influxdb, operator_namespace, agents_namespace, helm_cli, bed_root, watch_namespaces=[]
-    )
-
-
-def test_install_collect_uninstall_with_standby_replicas(
-    control_plane: ControlPlane,
-    nodes: Nodes,
-    influxdb: InfluxDB,
-    operator_namespace: str,
-    agents_namespace: str,
-    helm_cli: Helm,
-    bed_root: Path,
-) -> None:
-    """Two replicas: the Lease (and the chart's leader-election Role) keeps one writer, and the flow still works."""
-    install_collect_uninstall(
-        control_plane, nodes, influxdb, operator_namespace, agents_namespace, helm_cli, bed_root,
-        watch_namespaces=[agents_namespace], replicas=2,
+        watch_namespaces=[agents_namespace] if watch == "agents" else [], replicas=replicas,
     )  # fmt: skip
 
 
