@@ -161,6 +161,30 @@ class Setup:
         assert secret is not None, f"no Secret {namespace}/{name}"
         return base64.b64decode(secret["data"]["token"]).decode()
 
+    @property
+    def namespaces(self) -> list[str]:
+        """The release's namespace and every namespace its collectors and rules may live in."""
+        return [self.release_ns, *self.collector_ns]
+
+    def versions(self, name: str = "influxdb-auth") -> dict[str, str]:
+        """Namespace → resourceVersion of the Secret ``name`` there (unchanged: nothing was rewritten)."""
+        return {ns: (self.secret(ns, name) or {})["metadata"]["resourceVersion"] for ns in self.namespaces}
+
+    def installed_token(self, name: str = "influxdb-auth") -> tuple[Rendered, str]:
+        """Render and run the Job: its Secret ``name`` must hold one token in every namespace, marked as the
+        release's own. The rendered chart, and that token."""
+        rendered = self.render()
+        self.apply_rbac(rendered)
+        done = self.run_job(rendered)
+        assert done.returncode == 0, done.stdout + done.stderr
+        tokens = {ns: self.token_in(ns, name) for ns in self.namespaces}
+        token = tokens[self.release_ns]
+        assert set(tokens.values()) == {token}, f"one {name} token, in every namespace collectors and rules may live in"
+        for ns in self.namespaces:
+            metadata = (self.secret(ns, name) or {})["metadata"]
+            assert metadata["annotations"][OWNER_ANNOTATION] == f"{self.release_ns}/{RELEASE}"
+        return rendered, token
+
     def bucket(self, name: str) -> str:
         """A bucket of the bed's org, deleted after the test."""
         orgs = request_as(self.influx, self.influx.token, "GET", f"/api/v2/orgs?org={self.influx.org}")[1]
@@ -198,18 +222,8 @@ def setup(
 
 def test_agents_get_a_write_only_token_in_every_collector_namespace(setup: Setup) -> None:
     influx = setup.influx
-    rendered = setup.render()
-    setup.apply_rbac(rendered)
-    done = setup.run_job(rendered)
-    assert done.returncode == 0, done.stdout + done.stderr
-    namespaces = [setup.release_ns, *setup.collector_ns]
-    tokens = {ns: setup.token_in(ns) for ns in namespaces}
-    token = tokens[setup.release_ns]
-    assert set(tokens.values()) == {token}, "one token, in every namespace collectors may live in"
+    rendered, token = setup.installed_token()
     assert token != influx.token, "agents never get the admin token"
-    for ns in namespaces:
-        annotations = (setup.secret(ns) or {})["metadata"]["annotations"]
-        assert annotations[OWNER_ANNOTATION] == f"{setup.release_ns}/{RELEASE}"
 
     # What the token may do: write to the bucket, and nothing else.
     run = secrets.token_hex(4)
@@ -224,14 +238,14 @@ def test_agents_get_a_write_only_token_in_every_collector_namespace(setup: Setup
     assert [p["action"] for p in authorization["permissions"]] == ["write"]
 
     # helm upgrade runs the Job again: the same authorization and token, nothing rewritten.
-    versions = {ns: (setup.secret(ns) or {})["metadata"]["resourceVersion"] for ns in namespaces}
+    versions = setup.versions()
     again = setup.run_job(rendered)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "reusing authorization" in again.stdout
     assert [a["id"] for a in authorizations(influx, f"agents of release {setup.release_ns}/{RELEASE}:")] == [
         authorization["id"]
     ]
-    assert {ns: (setup.secret(ns) or {})["metadata"]["resourceVersion"] for ns in namespaces} == versions
+    assert setup.versions() == versions
     # A Secret deleted since is made again, with the same token.
     setup.control_plane.kube.delete(f"/api/v1/namespaces/{setup.collector_ns[1]}/secrets/influxdb-auth")
     healed = setup.run_job(rendered)
@@ -343,18 +357,8 @@ def test_a_secret_the_release_did_not_make_is_never_overwritten(setup: Setup) ->
 
 def test_processors_get_a_read_write_token_on_the_bucket_only(setup: Setup) -> None:
     influx = setup.influx
-    rendered = setup.render()
-    setup.apply_rbac(rendered)
-    done = setup.run_job(rendered)
-    assert done.returncode == 0, done.stdout + done.stderr
-    namespaces = [setup.release_ns, *setup.collector_ns]
-    tokens = {ns: setup.token_in(ns, PROCESSOR_SECRET) for ns in namespaces}
-    token = tokens[setup.release_ns]
-    assert set(tokens.values()) == {token}, "one token, in every namespace rules may live in"
+    rendered, token = setup.installed_token(PROCESSOR_SECRET)
     assert token not in (influx.token, setup.token_in(setup.release_ns)), "neither the admin's nor the agents' token"
-    for ns in namespaces:
-        metadata = (setup.secret(ns, PROCESSOR_SECRET) or {})["metadata"]
-        assert metadata["annotations"][OWNER_ANNOTATION] == f"{setup.release_ns}/{RELEASE}"
 
     # What a processor does: write to the bucket and read back what is there (its watermark), with Flux.
     run = secrets.token_hex(4)
@@ -384,7 +388,7 @@ def test_processors_get_a_read_write_token_on_the_bucket_only(setup: Setup) -> N
     ]
 
     # helm upgrade runs the Job again: no extra token, the Secrets untouched.
-    versions = {ns: (setup.secret(ns, PROCESSOR_SECRET) or {})["metadata"]["resourceVersion"] for ns in namespaces}
+    versions = setup.versions(PROCESSOR_SECRET)
     again = setup.run_job(rendered)
     assert again.returncode == 0, again.stdout + again.stderr
     mine = f"release {setup.release_ns}/{RELEASE}:"
@@ -392,9 +396,7 @@ def test_processors_get_a_read_write_token_on_the_bucket_only(setup: Setup) -> N
         [authorization["id"], *(a["id"] for a in authorizations(influx, f"agents of {mine}"))]
     )
     assert len(authorizations(influx, mine)) == 2, "one agents' and one processors' token, however often it runs"
-    assert {ns: (setup.secret(ns, PROCESSOR_SECRET) or {})["metadata"]["resourceVersion"] for ns in namespaces} == (
-        versions
-    )
+    assert setup.versions(PROCESSOR_SECRET) == versions
     # helm uninstall deletes the Role, and the garbage collector the processors' Secret with it.
     setup.control_plane.kube.delete(
         f"/apis/rbac.authorization.k8s.io/v1/namespaces/{setup.collector_ns[0]}/roles/{RELEASE}-influxdb-agent-token"
