@@ -793,14 +793,15 @@ class ProcessorConfig(BaseModel):
     late_horizon: Seconds | None = Field(
         default=None,
         le=86_400,
-        description="Until this long after its end a late partial re-merges and re-writes its window; later "
+        description="Until this long after its end (or after a restarted processor's first partial, for a "
+        "window that ended before it) a late partial re-merges and re-writes its window; later "
         "ones are counted and dropped. At least allowed_lateness, at most a day (and written windows are "
         "forgotten earlier when max_open_windows needs the room). None: two windows.",
     )
     restart_grace: Seconds | None = Field(
         default=None,
-        description="After a start, windows that were already due wait this long for agents to re-send. "
-        "None: one window.",
+        description="After a start, windows that were already due wait this long for agents to re-send, from "
+        "the first partial the processor accepts. None: one window.",
     )
     output: RollupOutput
     max_series: int = Field(default=10_000, ge=1, description="Most output series per window; more are dropped.")

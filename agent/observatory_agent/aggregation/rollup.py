@@ -5,10 +5,15 @@ rule's window is a whole multiple of the agents'). Its life:
 
 - **open**: ``offer`` merges each partial as it arrives, keyed by ``(node, source, agent window)``;
   a re-sent identical partial changes nothing, a different one under the same key is refused.
-- **due** at ``max(end + allowed_lateness, started + restart_grace)``: ``due`` hands windows out
+- **due** at ``max(end + allowed_lateness, heard + restart_grace)``: ``due`` hands windows out
   oldest first and ``written`` records that they went to the writer, which moves the frontier.
-- **retained** until ``end + late_horizon``: a late partial still merges and the window is due
-  again (its points overwrite themselves: same tags, timestamp = window end).
+  ``heard`` is when this instance accepted its first partial: agents reach a new instance only
+  once its pod is Ready behind the Service on every node, so the grace for their re-sent
+  partials runs from when the first of them got through, not from the process's start.
+- **retained** until ``max(end, heard) + late_horizon``: a late partial still merges and the
+  window is due again (its points overwrite themselves: same tags, timestamp = window end). A
+  window that ended before this instance heard from anyone gets the whole horizon from then:
+  after an outage, an agent whose node routes to the new instance later is late, not lost.
 - **forgotten** after that (or earlier, oldest first, when ``max_open_windows`` needs the room):
   later partials are refused ``too_late`` and counted, never re-open it.
 
@@ -456,13 +461,16 @@ class Rollup:
     """Every open and retained window of one rule.
 
     ``floor`` is the newest window end an earlier instance wrote (read back at start);
-    ``started`` is when this instance began, for the restart grace. Time is always an argument.
+    ``started`` is when this instance began; its restart grace and the late horizon of windows that
+    ended before it run from the first partial it accepts (``heard``). Time is always an argument.
     """
 
     def __init__(self, config: EffectiveProcessorConfig, *, started: float, floor: float | None) -> None:
         self.config = config
         self.spec = config.processor
         self.started = started
+        self.heard: float | None = None
+        """When this instance accepted its first partial (agents could reach it)."""
         self.floor = floor if floor is not None else -math.inf
         self.frontier = self.floor
         """Newest window end handed to the writer (by anyone)."""
@@ -522,6 +530,8 @@ class Rollup:
             return self._refuse(RefusalReason.BUSY, f"window {end:g} holds too many partials", end)
         self._merge(window, partial, node)
         window.contributions[key] = digest
+        if self.heard is None:
+            self.heard = now
         if window.written:
             window.dirty = True
             self.counters.late_partials += 1
@@ -543,7 +553,7 @@ class Rollup:
             message = f"window {end:g} is at or below the watermark this processor started from"
             return Outcome(False, end, RefusalReason.WRITTEN, message)
         window = self.windows.get(end)
-        past_horizon = now > end + self.config.late_horizon
+        past_horizon = self._past_horizon(end, now)
         if window is None:
             if end <= self.frontier and (past_horizon or end <= self.forgotten_through):
                 return Outcome(False, end, RefusalReason.TOO_LATE, f"window {end:g} is past its late horizon")
@@ -668,7 +678,16 @@ class Rollup:
 
     def flush_at(self, end: float) -> float:
         """When a window above the frontier becomes due."""
-        return max(end + self.config.allowed_lateness, self.started + self.config.restart_grace)
+        return max(end + self.config.allowed_lateness, self._heard_or_started + self.config.restart_grace)
+
+    @property
+    def _heard_or_started(self) -> float:
+        return self.heard if self.heard is not None else self.started
+
+    def _past_horizon(self, end: float, now: float) -> bool:
+        """Too late for window ``end``: its horizon runs from its end, or from when this instance first heard
+        from an agent when the window ended before that."""
+        return now > max(end, self._heard_or_started) + self.config.late_horizon
 
     def due(self, now: float) -> list[RollupWindow]:
         """Windows to write now, oldest first: those whose time came, and written ones that merged late."""
@@ -701,9 +720,7 @@ class Rollup:
 
     def expire(self, now: float) -> int:
         """Forget written windows past their late horizon; returns how many."""
-        old = [
-            end for end, w in self.windows.items() if w.written and not w.dirty and now > end + self.config.late_horizon
-        ]
+        old = [end for end, w in self.windows.items() if w.written and not w.dirty and self._past_horizon(end, now)]
         for end in old:
             del self.windows[end]
             self.forgotten_through = max(self.forgotten_through, end)

@@ -243,10 +243,11 @@ def test_a_restarted_agent_sends_a_second_source_for_the_same_window_and_both_co
 
 def test_window_is_due_only_after_its_allowed_lateness_and_windows_come_oldest_first() -> None:
     roll = Rollup(_config(), started=0.0, floor=None)
-    assert all(o.accepted for o in _offer_all(roll, _partial("n1", [(T0 + 1, 1.0), (T0 + 21, 2.0)]), T0 + 30))
+    assert all(o.accepted for o in _offer_all(roll, _partial("n1", [(T0 + 1, 1.0)]), T0 + 12))
     assert roll.due(T0 + 24.9) == []
     (first,) = roll.due(T0 + 25)
     assert first.end == T0 + 20
+    assert all(o.accepted for o in _offer_all(roll, _partial("n1", [(T0 + 21, 2.0)]), T0 + 30))
     assert [w.end for w in roll.due(T0 + 45)] == [T0 + 20, T0 + 40]
 
 
@@ -297,6 +298,34 @@ def test_after_a_start_windows_already_due_wait_for_the_grace() -> None:
     assert roll.due(T0 + 80)[-1].end == T0 + 60
 
 
+def test_the_grace_runs_from_the_first_partial_an_instance_hears_not_its_start() -> None:
+    """Agents reach a new instance only once its pod is Ready behind the Service: until the first partial
+    gets through, the grace has not begun."""
+    roll = Rollup(_config(restart_grace="10s"), started=T0 + 70, floor=T0 + 20)
+    _offer_all(roll, _partial("n1", [(T0 + 21, 1.0), (T0 + 41, 1.0)]), T0 + 78)
+    assert roll.due(T0 + 80) == []  # ten seconds after the start, but two after the first partial
+    assert roll.due(T0 + 87) == []
+    assert [w.end for w in roll.due(T0 + 88)] == [T0 + 40, T0 + 60]
+
+
+def test_after_an_outage_a_window_that_ended_before_the_instance_heard_from_anyone_takes_late_partials() -> None:
+    """An agent whose node routes to the new instance later than the others is late, not lost: windows that
+    ended before the instance first heard from an agent keep the late horizon (40 s) from then."""
+    roll = Rollup(_config(restart_grace="1s"), started=T0 + 100, floor=T0 + 20)
+    _offer_all(roll, _partial("n1", [(T0 + 21, 1.0)]), T0 + 100)
+    (window,) = roll.due(T0 + 102)
+    assert (window.end, len(window.node_index)) == (T0 + 40, 1)
+    roll.written(window)
+    assert roll.expire(T0 + 130) == 0  # 90 s after its end, 30 s after the instance heard n1
+    late = _offer_all(roll, _partial("n2", [(T0 + 22, 3.0)]), T0 + 130)
+    assert late[0].accepted, late
+    (again,) = roll.due(T0 + 130)
+    assert (again.end, len(again.node_index)) == (T0 + 40, 2)
+    roll.written(again)
+    assert roll.expire(T0 + 141) == 1  # past 40 s from when it first heard: forgotten
+    assert _offer_all(roll, _partial("n3", [(T0 + 23, 1.0)]), T0 + 141)[0].reason is RefusalReason.TOO_LATE
+
+
 def test_over_max_series_groups_are_dropped_counted_and_never_stored() -> None:
     roll = Rollup(_config(max_series=2), started=0.0, floor=None)
     for zone in "abcde":
@@ -341,8 +370,9 @@ def test_partials_that_do_not_fit_the_rule_are_refused_naming_why(change: dict[s
 
 def test_written_windows_are_forgotten_after_the_horizon_and_pending_ones_are_not() -> None:
     roll = Rollup(_config(), started=0.0, floor=None)
-    assert all(o.accepted for o in _offer_all(roll, _partial("n1", [(T0 + 1, 1.0), (T0 + 21, 1.0)]), T0 + 30))
-    roll.written(roll.due(T0 + 25)[0])
+    assert all(o.accepted for o in _offer_all(roll, _partial("n1", [(T0 + 1, 1.0)]), T0 + 12))
+    assert all(o.accepted for o in _offer_all(roll, _partial("n1", [(T0 + 21, 1.0)]), T0 + 30))
+    roll.written(roll.due(T0 + 31)[0])
     assert roll.expire(T0 + 61) == 1
     assert list(roll.windows) == [T0 + 40]
     assert roll.open_windows == 1
