@@ -106,24 +106,44 @@ def operator_pods(control_plane: ControlPlane, namespace: str, release: str) -> 
 
 
 def diagnosis(control_plane: ControlPlane, nodes: Nodes, namespaces: tuple[str, ...], release: str) -> str:
-    """What a user would look at: the operator's log, the collector's status, pods and events."""
+    """What a user would look at: the rules' and collectors' status, the processor's and operator's logs, events.
+
+    The shortest and most telling parts come first: a CI log that keeps only the head still shows them.
+    """
     parts = []
+    for namespace in namespaces[1:]:
+        for kind in ("aggregationrules", "observatorycollectors"):
+            done = control_plane.kubectl("get", kind, "-n", namespace, "-o", "wide", check=False)
+            parts.append(f"--- kubectl get {kind} -n {namespace}:\n{done.stdout}{done.stderr}")
+        done = control_plane.kubectl("get", "aggregationrules", "-n", namespace, "-o", "jsonpath={.items[*].status}")
+        parts.append(f"--- aggregationrules status:\n{done.stdout}{done.stderr}")
+        processors, _ = control_plane.kube.list(
+            f"/api/v1/namespaces/{namespace}/pods", labelSelector="app.kubernetes.io/component=processor"
+        )
+        for pod in processors:
+            parts.append(tail_of(nodes, namespace, pod["metadata"]["name"], "processor", 30))
+        for pod in agent_pods(control_plane, namespace):
+            parts.append(tail_of(nodes, namespace, pod["metadata"]["name"], "agent", 15))
     for pod in operator_pods(control_plane, namespaces[0], release):
-        try:
-            log = nodes.logs(namespaces[0], pod["metadata"]["name"], "operator")
-        except ApiError as exc:
-            log = f"(no log: {exc})"
-        tail = "\n".join(log.splitlines()[-60:])
-        parts.append(f"--- operator pod {pod['metadata']['name']} log:\n{tail}")
+        parts.append(tail_of(nodes, namespaces[0], pod["metadata"]["name"], "operator", 30))
     for namespace in namespaces:
         for args in (
-            ("get", "observatorycollectors", "-n", namespace, "-o", "yaml"),
             ("get", "pods,daemonsets,deployments,statefulsets,jobs", "-n", namespace, "-o", "wide"),
             ("get", "events", "-n", namespace, "--sort-by=.lastTimestamp"),
+            ("get", "observatorycollectors", "-n", namespace, "-o", "yaml"),
         ):
             done = control_plane.kubectl(*args, check=False)
             parts.append(f"--- kubectl {' '.join(args)}:\n{done.stdout}{done.stderr}")
     return "\n".join(parts)
+
+
+def tail_of(nodes: Nodes, namespace: str, pod: str, container: str, lines: int) -> str:
+    try:
+        log = nodes.logs(namespace, pod, container)
+    except ApiError as exc:
+        log = f"(no log: {exc})"
+    tail = "\n".join(log.splitlines()[-lines:])
+    return f"--- {container} pod {pod} log (last {lines} lines):\n{tail}"
 
 
 @contextlib.contextmanager
@@ -461,14 +481,20 @@ def rollup_flow(
     row = wait_until(rule_view, timeout=WAIT, what="kubectl get aggregationrules: READY 1/1, LAST-WINDOW, SERIES 1")
     assert row["WINDOW"] == RULE_WINDOW, row
 
+    seen: list[dict[str, Any]] = []
+
     def from_every_agent() -> list[dict[str, Any]] | None:
-        points = rollups_since(target, rule_applied, rule_doc["spec"]["output"]["measurement"])
-        full = [p for p in points if p.get("nodes") == len(nodes.untainted)]
+        seen[:] = rollups_since(target, rule_applied, rule_doc["spec"]["output"]["measurement"])
+        full = [p for p in seen if p.get("nodes") == len(nodes.untainted)]
         return full or None
 
-    (point, *_) = wait_until(
-        from_every_agent, timeout=WAIT, what="a cluster roll-up merging every untainted node's partial"
-    )
+    try:
+        (point, *_) = wait_until(
+            from_every_agent, timeout=WAIT, what="a cluster roll-up merging every untainted node's partial"
+        )
+    except TimeoutError as exc:
+        windows = [(str(p.get("_time")), p.get("nodes")) for p in seen]
+        raise TimeoutError(f"{exc}; windows written (end, nodes): {windows}") from exc
     assert 0.0 <= point["mean"] <= 100.0, point
     step(f"kubectl get aggregationrules: READY 1/1 LAST-WINDOW {row['LAST-WINDOW']}; roll-ups in InfluxDB")
 
