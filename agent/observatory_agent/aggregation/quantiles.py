@@ -13,6 +13,7 @@ Definitions, so agents, processors and tests agree:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -31,14 +32,35 @@ _ceil = math.ceil
 
 def exact_quantile(sorted_values: Sequence[float], q: float) -> float:
     """numpy's ``linear`` quantile of already sorted, non-empty samples; ``q`` in percent."""
-    n = len(sorted_values)
-    h = (n - 1) * q / 100.0
-    lo = math.floor(h)
-    if lo >= n - 1:
-        return float(sorted_values[-1])
+    ((_, lo, t),) = exact_plan(len(sorted_values), (("", q),))
+    return _lerp(sorted_values, lo, t)
+
+
+def exact_quantiles(sorted_values: Sequence[float], keyed: tuple[tuple[str, float], ...]) -> dict[str, float]:
+    """``{key: exact_quantile(sorted_values, q)}`` for each ``(key, q)``: a window's quantiles of one series.
+
+    Every series with the same sample count shares where its quantiles fall (a cached plan), so
+    closing a window of many short series does the rank arithmetic once, not per series.
+    """
+    return {key: _lerp(sorted_values, lo, t) for key, lo, t in exact_plan(len(sorted_values), keyed)}
+
+
+@functools.lru_cache(maxsize=4096)
+def exact_plan(n: int, keyed: tuple[tuple[str, float], ...]) -> tuple[tuple[str, int, float], ...]:
+    """For ``n`` sorted samples: ``(key, lower rank, fraction)`` of each quantile; fraction -1 is "the last sample"."""
+    plan = []
+    for key, q in keyed:
+        h = (n - 1) * q / 100.0
+        lo = math.floor(h)
+        plan.append((key, n - 1, -1.0) if lo >= n - 1 else (key, lo, h - lo))
+    return tuple(plan)
+
+
+def _lerp(sorted_values: Sequence[float], lo: int, t: float) -> float:
     a = sorted_values[lo]
+    if t < 0.0:
+        return float(a)
     b = sorted_values[lo + 1]
-    t = h - lo
     # numpy's _lerp: interpolating from the nearer end keeps monotonicity and exactness at t=1.
     if t >= 0.5:
         return float(b - (b - a) * (1.0 - t))

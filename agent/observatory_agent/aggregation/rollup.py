@@ -211,7 +211,7 @@ class GroupState:
     def quantiles(self, keyed: tuple[tuple[str, float], ...], lo: float, hi: float) -> dict[str, float]:
         if self.values is not None:
             ordered = sorted(self.values)
-            return {key: qmod.exact_quantile(ordered, q) for key, q in keyed}
+            return qmod.exact_quantiles(ordered, keyed)
         assert self.sketch is not None
         sketch = self.sketch.ddsketch()
         return {key: qmod.sketch_quantile(sketch, q, lo, hi) for key, q in keyed}

@@ -6,6 +6,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
+from pydantic import BaseModel
+
 from observatory_agent.aggregation import quantiles as qmod
 from observatory_agent.contract import AggregatedMetric, SeriesPartial, quantile_key
 
@@ -81,8 +83,7 @@ class SeriesState:
     def quantiles(self, qs: Sequence[float]) -> dict[str, float]:
         """Configured quantiles, exact while there is no sketch (see ``quantiles``)."""
         if self.sketch is None:
-            ordered = sorted(self.values)
-            return {quantile_key(q): qmod.exact_quantile(ordered, q) for q in qs}
+            return qmod.exact_quantiles(sorted(self.values), tuple((quantile_key(q), q) for q in qs))
         self.spill()
         return {quantile_key(q): qmod.sketch_quantile(self.sketch, q, self.lo, self.hi) for q in qs}
 
@@ -145,10 +146,10 @@ class SeriesState:
         self, name: str, tags: TagsKey, window_start: float, window_end: float, qs: Sequence[float]
     ) -> AggregatedMetric:
         """The finished aggregate; ``timestamp`` is the window end so replays overwrite."""
-        return self.to_metric_keyed(name, tags, window_start, window_end, [(quantile_key(q), q) for q in qs])
+        return self.to_metric_keyed(name, tags, window_start, window_end, tuple((quantile_key(q), q) for q in qs))
 
     def to_metric_keyed(
-        self, name: str, tags: TagsKey, window_start: float, window_end: float, keyed: Sequence[tuple[str, float]]
+        self, name: str, tags: TagsKey, window_start: float, window_end: float, keyed: tuple[tuple[str, float], ...]
     ) -> AggregatedMetric:
         """``to_metric`` with the quantile keys precomputed: window close calls this per series."""
         if self.sketch is None:
@@ -157,7 +158,7 @@ class SeriesState:
             count = len(ordered)
             total = math.fsum(ordered)
             lo, hi = ordered[0], ordered[-1]
-            quantiles = {key: qmod.exact_quantile(ordered, q) for key, q in keyed}
+            quantiles = qmod.exact_quantiles(ordered, keyed)
         else:
             self.spill()
             count, total, lo, hi = self.n, self.total, self.lo, self.hi
@@ -180,6 +181,13 @@ class SeriesState:
 
 
 _METRIC_FIELDS: Final = frozenset(AggregatedMetric.model_fields)
+# pydantic's BaseModel keeps an instance's state in four slots; their descriptors set them
+# without a per-call attribute lookup on the class.
+_SET_DICT: Final = BaseModel.__dict__["__dict__"].__set__
+_SET_FIELDS_SET: Final = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_SET_EXTRA: Final = BaseModel.__dict__["__pydantic_extra__"].__set__
+_SET_PRIVATE: Final = BaseModel.__dict__["__pydantic_private__"].__set__
+_new_metric: Final = AggregatedMetric.__new__
 
 
 def _trusted_metric(fields: dict[str, Any]) -> AggregatedMetric:
@@ -187,13 +195,14 @@ def _trusted_metric(fields: dict[str, Any]) -> AggregatedMetric:
 
     Window close builds one per series per window; validation (or ``model_construct``) costs
     more than the aggregation itself. The values are correct by construction, and a unit test
-    pins that the result equals a validated ``AggregatedMetric``.
+    pins that the result equals a validated ``AggregatedMetric`` (and so fails loudly when
+    pydantic keeps a model's state differently).
     """
-    metric = AggregatedMetric.__new__(AggregatedMetric)
-    object.__setattr__(metric, "__dict__", fields)
-    object.__setattr__(metric, "__pydantic_fields_set__", _METRIC_FIELDS)
-    object.__setattr__(metric, "__pydantic_extra__", None)
-    object.__setattr__(metric, "__pydantic_private__", None)
+    metric = _new_metric(AggregatedMetric)
+    _SET_DICT(metric, fields)
+    _SET_FIELDS_SET(metric, _METRIC_FIELDS)
+    _SET_EXTRA(metric, None)
+    _SET_PRIVATE(metric, None)
     return metric
 
 

@@ -17,6 +17,8 @@ _floor = math.floor
 _REFUSED_TRACKED = 1 << 16
 """Distinct refused series remembered per window (as hashes); past it the count is a floor."""
 _COUNTER = MetricType.COUNTER
+_TAG_KEYS_CACHED = 4096
+"""Tag orderings ``add_event`` remembers the sorted key of; past it the table starts over."""
 
 
 def window_index(ts: float, window: float) -> int:
@@ -41,7 +43,7 @@ class ClosedWindow:
     def aggregates(self, quantiles: Sequence[float]) -> Iterator[AggregatedMetric]:
         """One aggregate per series, made lazily: a consumer that encodes and drops each one
         keeps thousands of short-lived models from being promoted into the GC's oldest generation."""
-        keyed = [(quantile_key(q), q) for q in quantiles]
+        keyed = tuple((quantile_key(q), q) for q in quantiles)
         start, end = self.start, self.end
         for (name, tags), state in self.series.items():
             yield state.to_metric_keyed(name, tags, start, end, keyed)
@@ -86,6 +88,7 @@ class WindowAggregator:
         self._counters: dict[SeriesKey, tuple[float, float, float]] = {}
         """Per counter series: last value, its rate clock reading, its wall time."""
         self._keys: dict[SeriesKey, SeriesKey] = {}
+        self._tag_keys: dict[TagsKey, TagsKey] = {}
         self._counter_ttl = counter_ttl_windows * window
 
     def _table(self, ts: float) -> dict[SeriesKey, SeriesState] | None:
@@ -167,9 +170,19 @@ class WindowAggregator:
         self._counters.clear()
 
     def add_event(self, event: MetricEvent) -> None:
-        """Convenience for collectors that build ``MetricEvent`` objects."""
-        tags = event.tags
-        key = tuple(sorted(tags.items())) if len(tags) > 1 else tuple(tags.items())
+        """Convenience for collectors that build ``MetricEvent`` objects.
+
+        A series' tags arrive in the same order sample after sample, so their canonical (sorted)
+        key is looked up by the tags as they come instead of sorted again; the lookup table is
+        bounded like the agent's own tag cache.
+        """
+        items = tuple(event.tags.items())
+        cache = self._tag_keys
+        key = cache.get(items)
+        if key is None:
+            if len(cache) >= _TAG_KEYS_CACHED:
+                cache.clear()
+            key = cache[items] = tuple(sorted(items))
         if event.type is _COUNTER:
             self.add_counter(event.name, key, event.value, event.timestamp)
         else:

@@ -197,6 +197,37 @@ def test_add_event_routes_counters_and_gauges() -> None:
     assert {m.name: m.last for m in closed.aggregates([])} == {"g": 2.0, "c": 2.0}
 
 
+def test_add_event_puts_one_series_whatever_order_its_tags_come_in() -> None:
+    agg = WindowAggregator(10.0, exact_threshold=1024)
+    agg.add_event(MetricEvent(name="g", tags={"host": "n1", "core": "0"}, value=1.0, timestamp=1.0))
+    agg.add_event(MetricEvent(name="g", tags={"core": "0", "host": "n1"}, value=3.0, timestamp=2.0))
+    agg.add_event(MetricEvent(name="g", tags={"core": "1", "host": "n1"}, value=5.0, timestamp=2.0))
+    (closed,) = agg.close(10.0)
+    by_core = {m.tags["core"]: (m.count, m.mean) for m in closed.aggregates([])}
+    assert by_core == {"0": (2, 2.0), "1": (1, 5.0)}
+
+
+def test_the_tag_order_lookup_of_add_event_stays_bounded() -> None:
+    from observatory_agent.aggregation import windows
+
+    agg = WindowAggregator(10.0, exact_threshold=1024)
+    for i in range(windows._TAG_KEYS_CACHED + 10):
+        agg.add_event(MetricEvent(name="g", tags={"i": str(i)}, value=1.0, timestamp=1.0))
+    assert len(agg._tag_keys) <= windows._TAG_KEYS_CACHED
+    (closed,) = agg.close(10.0)
+    assert len(closed.series) == windows._TAG_KEYS_CACHED + 10, "every series kept, only the lookup starts over"
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.floats(min_value=-1e9, max_value=1e9, allow_nan=False), min_size=1, max_size=40))
+def test_every_quantile_of_a_window_equals_numpy_linear(values: list[float]) -> None:
+    qs = (0.1, 1.0, 50.0, 90.0, 95.0, 99.0, 99.9)
+    metric = _one_window(values, quantiles=qs)
+    for q in qs:
+        expected = float(np.quantile(np.array(values), q / 100.0))
+        assert metric.quantiles[f"p{q:g}"] == pytest.approx(expected, rel=1e-12, abs=1e-9), q
+
+
 def _partials_of(chunks: list[list[float]], threshold: int) -> list[SeriesPartial]:
     partials = []
     for node, chunk in enumerate(chunks):
