@@ -189,12 +189,17 @@ def rule_manifest(directory: Path, token_secret: str | None) -> Path:
     return path
 
 
-def rollups_since(influxdb: InfluxDB, since: dt.datetime, measurement: str) -> list[dict[str, Any]]:
-    """The cpu-rollup rule's points (window end, ``nodes``, ``mean``) written for windows ending after ``since``."""
+def rollups_since(influxdb: InfluxDB, since: dt.datetime, measurement: str, namespace: str) -> list[dict[str, Any]]:
+    """The cpu-rollup rule's points (window end, ``nodes``, ``mean``) written for windows ending after ``since``.
+
+    Only the rule in ``namespace``: earlier tests' rules of the same name (their namespaces still
+    being deleted) write the same measurement, under their own namespace tag.
+    """
     flux = f"""
         from(bucket: "{influxdb.bucket}")
           |> range(start: {since.strftime("%Y-%m-%dT%H:%M:%SZ")})
           |> filter(fn: (r) => r._measurement == "{measurement}" and r.rule == "cpu-rollup")
+          |> filter(fn: (r) => r.namespace == "{namespace}")
           |> filter(fn: (r) => r.cluster == "{CLUSTER}")
           |> filter(fn: (r) => r._field == "nodes" or r._field == "mean")
           |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")
@@ -484,7 +489,7 @@ def rollup_flow(
     seen: list[dict[str, Any]] = []
 
     def from_every_agent() -> list[dict[str, Any]] | None:
-        seen[:] = rollups_since(target, rule_applied, rule_doc["spec"]["output"]["measurement"])
+        seen[:] = rollups_since(target, rule_applied, rule_doc["spec"]["output"]["measurement"], agents_namespace)
         full = [p for p in seen if p.get("nodes") == len(nodes.untainted)]
         return full or None
 

@@ -730,7 +730,9 @@ class Rollup:
         """``(tags, fields)`` of each output point of ``window`` (timestamp: the window end)."""
         config = self.config
         group_by = self.spec.group_by
-        base = {"rule": self.spec.rule, "cluster": config.cluster}
+        # The namespace too: two teams' rules of one name write the same measurement, and without it
+        # each one's windows would overwrite the other's points (same tags, same timestamps).
+        base = {"rule": self.spec.rule, "namespace": self.spec.namespace, "cluster": config.cluster}
         window.batch.bin(window.states)
         nodes = window.node_sets.counts(window.series).tolist()
         for row, key in enumerate(window.keys):

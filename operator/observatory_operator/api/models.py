@@ -486,6 +486,10 @@ class ObservatoryCollector(_Model):
 
 DEFAULT_FUNCTIONS: Final = DEFAULT_ROLLUP_FUNCTIONS
 FUNCTION_PATTERN: Final = ROLLUP_FUNCTION_PATTERN
+GROUP_BY_MESSAGE: Final = (
+    "groupBy tags must be non-empty and neither 'rule' nor 'namespace' (every output point carries the rule's"
+    " own) nor start with '_' (reserved by InfluxDB)"
+)
 
 
 class OutputSpec(_Model):
@@ -523,6 +527,12 @@ class AggregationRuleSpec(_Model):
                 "size(self.metrics) > 0 && self.metrics.all(m, size(m) > 0)",
                 "metrics must list at least one non-empty metric name pattern",
                 ".metrics",
+            ),
+            cel(
+                "!has(self.groupBy) || self.groupBy.all(t, size(t) > 0 && t != 'rule' && t != 'namespace'"
+                " && !t.startsWith('_'))",
+                GROUP_BY_MESSAGE,
+                ".groupBy",
             ),
         )
     )
@@ -573,6 +583,8 @@ class AggregationRuleSpec(_Model):
             raise ValueError("maxSeries must be at least 1")
         if not self.metrics or not all(self.metrics):
             raise ValueError("metrics must list at least one non-empty metric name pattern")
+        if any(not t or t in {"rule", "namespace"} or t.startswith("_") for t in self.group_by):
+            raise ValueError(GROUP_BY_MESSAGE)
         return self
 
 

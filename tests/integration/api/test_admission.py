@@ -161,6 +161,9 @@ INVALID = [
     ("unknown-function", _rule(functions=["median"]), "spec.functions[0]", "should match"),
     ("rule-without-output", _rule_without("output"), "spec.output", "Required value"),
     ("rule-without-collectors", _rule(collectors=[]), "spec.collectors", "should have at least 1 items"),
+    ("group-by-the-rules-namespace", _rule(groupBy=["zone", "namespace"]), "spec.groupBy", "neither 'rule' nor"),
+    ("group-by-the-rules-name", _rule(groupBy=["rule"]), "spec.groupBy", "neither 'rule' nor 'namespace'"),
+    ("group-by-a-reserved-tag", _rule(groupBy=["_field"]), "spec.groupBy", "reserved by InfluxDB"),
 ]
 
 

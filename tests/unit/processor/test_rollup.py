@@ -12,6 +12,7 @@ import pytest
 from ddsketch import DDSketch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from observatory_agent.aggregation import rollup
 from observatory_agent.aggregation.rollup import Rollup
@@ -193,7 +194,7 @@ def test_group_by_a_tag_with_two_values_gives_two_series_with_their_own_tags() -
     points = list(roll.points(roll.windows[T0 + 20]))
     assert sorted((tags["zone"], fields["max"]) for tags, fields in points) == [("a", 1.0), ("b", 9.0)]
     for tags, fields in points:
-        assert tags == {"rule": "r", "cluster": "c1", "zone": tags["zone"]}
+        assert tags == {"rule": "r", "namespace": "default", "cluster": "c1", "zone": tags["zone"]}
         assert set(fields) == {*FUNCTIONS, "nodes", "quantile_method"}
         assert isinstance(fields["count"], int)
         assert isinstance(fields["nodes"], int)
@@ -205,8 +206,8 @@ def test_a_series_without_the_group_tag_forms_its_own_group_without_that_tag() -
     _offer_all(roll, _partial("n2", [(T0 + 1, 2.0)]), T0 + 21)
     tags = sorted((sorted(t.items()) for t, _ in roll.points(roll.windows[T0 + 20])), key=len)
     assert tags == [
-        [("cluster", "c1"), ("rule", "r"), ("zone", "a")],
-        [("cluster", "c1"), ("pool", "gpu"), ("rule", "r"), ("zone", "a")],
+        [("cluster", "c1"), ("namespace", "default"), ("rule", "r"), ("zone", "a")],
+        [("cluster", "c1"), ("namespace", "default"), ("pool", "gpu"), ("rule", "r"), ("zone", "a")],
     ]
 
 
@@ -347,6 +348,25 @@ def test_bounds_on_open_windows_and_nodes_answer_busy() -> None:
     assert _offer_all(roll, _partial("n2", [(T0 + 1, 1.0)]), now)[0].accepted
     crowded = _offer_all(roll, _partial("n3", [(T0 + 1, 1.0)]), now)[0]
     assert (crowded.accepted, crowded.reason) == (False, RefusalReason.BUSY)
+
+
+def test_rules_of_one_name_in_two_namespaces_write_series_of_their_own() -> None:
+    # Same measurement, same rule name, same window: without the namespace tag one team's points
+    # would overwrite the other's in InfluxDB.
+    tags = []
+    for namespace in ("team-a", "team-b"):
+        roll = Rollup(_config(namespace=namespace), started=0.0, floor=None)
+        _offer_all(roll, _partial("n1", [(T0 + 1, 1.0)], zone="a"), T0 + 21)
+        ((point_tags, _),) = list(roll.points(roll.windows[T0 + 20]))
+        tags.append(point_tags)
+    assert tags[0] != tags[1]
+    assert [t["namespace"] for t in tags] == ["team-a", "team-b"]
+
+
+@pytest.mark.parametrize("tag", ["rule", "namespace", "_field", ""])
+def test_the_rules_own_tags_cannot_be_grouped_by(tag: str) -> None:
+    with pytest.raises(ValidationError, match="cannot be grouped by"):
+        _config(group_by=[tag])
 
 
 @pytest.mark.parametrize(

@@ -300,7 +300,7 @@ async def test_written_window_carries_points_marker_and_health_in_one_batch(tmp_
     (record,) = DurableBuffer(tmp_path / "buffer", 1 << 20).peek_many(10)
     ms = round(end * 1000)
     lines = sorted(record.lines)
-    head = "cluster.cpu.usage,cluster=bed,rule=cpu-rollup"
+    head = "cluster.cpu.usage,cluster=bed,namespace=team-a,rule=cpu-rollup"
     assert lines[:2] == [
         f'{head},zone=a count=3i,max=5,mean=3,nodes=2i,p95=4.8,quantile_method="exact" {ms}',
         f'{head},zone=b count=1i,max=7,mean=7,nodes=1i,p95=7,quantile_method="exact" {ms}',
