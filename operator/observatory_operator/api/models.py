@@ -557,7 +557,10 @@ class AggregationRuleSpec(_Model):
     group_by: list[Annotated[str, Field(max_length=256)]] = Field(
         default_factory=list,
         max_length=16,
-        description="Tags kept in the output; all others are merged across.",
+        description=(
+            "Tags kept in the output; all others are merged across. Not 'rule' or 'namespace': every output"
+            " point carries the rule's own."
+        ),
         json_schema_extra={"default": []},
     )
     functions: list[Annotated[str, Field(pattern=FUNCTION_PATTERN, max_length=16)]] = Field(
