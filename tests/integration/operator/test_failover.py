@@ -135,8 +135,18 @@ def test_a_killed_leader_mid_rollout_hands_over_to_the_standby_with_one_writer_a
     )
     duplicated = {ref: n for ref, n in created.items() if n > 1}
     assert not duplicated, f"children created more than once: {duplicated}"
+    # The request op-a had in flight when it was killed may have created its object all the same:
+    # the API server logs it with the code of a request whose client went away (504), not 201.
+    cut_short = {
+        f"{e['objectRef']['resource']}/{e['objectRef'].get('name')}"
+        for _, who, e in writes
+        if who == "op-a" and (e.get("responseStatus") or {}).get("code", 0) >= 500 and "dryRun=" not in e["requestURI"]
+    }
+    assert len(cut_short) <= 8, f"only the requests in flight at the kill are cut short: {sorted(cut_short)}"
     for kind in ("daemonsets", "configmaps", "services"):
-        assert sum(1 for ref in created if ref.startswith(f"{kind}/")) == COLLECTORS, kind
+        made = {ref for ref in created if ref.startswith(f"{kind}/")}
+        maybe = {ref for ref in cut_short if ref.startswith(f"{kind}/")} - made
+        assert len(made) <= COLLECTORS <= len(made) + len(maybe), (kind, len(made), sorted(maybe))
 
 
 def test_a_stopped_leader_releases_the_lease_and_the_standby_takes_over_at_once(
