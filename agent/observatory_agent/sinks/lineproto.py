@@ -32,6 +32,8 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Final, NamedTuple
 
+from orjson import dumps as _dumps
+
 from observatory_agent.contract import AggregatedMetric
 
 _MEASUREMENT: Final = str.maketrans({",": r"\,", " ": r"\ ", "\n": r"\n", "\t": r"\t", "\r": r"\r", "\\": "_"})
@@ -90,24 +92,35 @@ _WHOLE: Final = re.compile(r"\.0(?=,|$)")
 
 
 class _Layout(NamedTuple):
-    """One field set's line template, filled with ``%`` from ``order`` of the values in line order."""
+    """One field set's line template, filled with ``%`` from the formatted values in line order."""
 
     template: str
+    """``key=%s`` per float field and ``count=%di``, in key order."""
     order: Callable[[tuple[float, ...]], tuple[float, ...]]
-    """``(count, last, max, mean, min, sum, *quantile values)`` → the same values in key order."""
+    """``(last, max, mean, min, sum, *quantile values)`` → the float values in key order."""
+    count_at: int
+    """Where ``count`` goes among the formatted floats."""
 
 
 def _layout(quantile_keys: tuple[str, ...]) -> _Layout | None:
-    """The fields sorted by key (``Point``'s order), ``count`` as an integer, floats by ``repr``.
+    """The fields sorted by key (``Point``'s order), ``count`` as an integer, floats as ``repr`` writes them.
+
+    ``encode_many`` gets a line's float texts from one ``orjson.dumps`` of its values: the same shortest
+    digits as ``repr``, in C, at a quarter of the cost per value. orjson writes an exponent where
+    ``repr`` does not and the reverse (``1e16`` against ``1e+16``, ``0.00001`` against ``1e-05``);
+    InfluxDB reads both alike, but a line must not depend on which wrote it, so a line holding such a
+    value goes through ``repr``. A unit test pins every line equal to ``encode``'s, and ``encode``'s
+    equal to influxdb-client's ``Point``.
 
     None when a quantile key repeats a base field's name: ``encode`` handles that rare case.
     """
     if set(quantile_keys) & {*_BASE_FIELDS, _COUNT}:
         return None
-    given = (_COUNT, *_BASE_FIELDS, *quantile_keys)
-    keys = sorted(given)
-    parts = [f"{escape_key(k).replace('%', '%%')}={'%di' if k == _COUNT else '%r'}" for k in keys]
-    return _Layout(",".join(parts), operator.itemgetter(*(given.index(k) for k in keys)))
+    given = (*_BASE_FIELDS, *quantile_keys)
+    keys = sorted((_COUNT, *given))
+    parts = [f"{escape_key(k).replace('%', '%%')}={'%di' if k == _COUNT else '%s'}" for k in keys]
+    floats = [k for k in keys if k != _COUNT]
+    return _Layout(",".join(parts), operator.itemgetter(*(given.index(k) for k in floats)), keys.index(_COUNT))
 
 
 def encode(metric: AggregatedMetric) -> str:
@@ -143,6 +156,7 @@ def encode_many(metrics: Iterable[AggregatedMetric], *, skipped: list[str] | Non
     layouts: dict[tuple[str, ...], _Layout | None] = {}
     isfinite = math.isfinite
     whole = _WHOLE.sub
+    dumps = _dumps
     out: list[str] = []
     append = out.append
     for m in metrics:
@@ -157,9 +171,9 @@ def encode_many(metrics: Iterable[AggregatedMetric], *, skipped: list[str] | Non
         else:
             layout = layouts[qkeys] = _layout(qkeys)
         count = m.count
-        values = (count, m.last, m.max, m.mean, m.min, m.sum, *quantiles.values())
+        floats = (m.last, m.max, m.mean, m.min, m.sum, *quantiles.values())
         # A finite sum means every value is finite; otherwise the general path drops the rest.
-        if layout is None or not isfinite(sum(values)) or count.__class__ is not int or abs(count) >= _EXACT:
+        if layout is None or count.__class__ is not int or not -_EXACT < count < _EXACT or not isfinite(sum(floats)):
             append(encode(m))
             continue
         name = m.name
@@ -171,8 +185,17 @@ def encode_many(metrics: Iterable[AggregatedMetric], *, skipped: list[str] | Non
         if tags is None:
             tags = tagsets[tag_items] = _tags(m.tags)
         # ``float`` for every value, in C: a float field prints as ``repr(float(v))`` even when an
-        # int or a bool got into it, and ``count`` (an exact int below 2**53 here) prints the same by %d.
-        fields = whole("", layout.template % tuple(map(float, layout.order(values))))
+        # int or a bool got into it.
+        ordered = tuple(map(float, layout.order(floats)))
+        text = dumps(ordered)
+        parts = [repr(v) for v in ordered] if b"e" in text or b"0.0000" in text else text[1:-1].decode().split(",")
+        if layout.count_at:
+            parts.insert(layout.count_at, count)  # type: ignore[arg-type]  # %d formats the int
+            fields = layout.template % tuple(parts)
+        else:
+            fields = layout.template % (count, *parts)
+        if ".0," in fields or fields.endswith(".0"):
+            fields = whole("", fields)
         append(f"{measurement}{tags} {fields} {round(m.timestamp * 1000)}")
     return out
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import math
 import random
 import subprocess
 import sys
@@ -165,6 +166,31 @@ def test_encode_many_equals_encoding_each_metric_alone(
         )  # fmt: skip
         metrics.append(metric)
     assert lineproto.encode_many(metrics) == [lineproto.encode(m) for m in metrics]
+
+
+finite = st.floats(allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=500, deadline=None)
+@given(values=st.lists(finite, min_size=8, max_size=8), count=st.integers(min_value=0, max_value=2**53 - 1))
+def test_fast_float_text_equals_repr_at_every_magnitude(values: list[float], count: int) -> None:
+    """Every finite value takes the batch path; its lines equal ``encode``'s (``repr``), exponents included."""
+    last, hi, mean, lo, total, p50, p95, p99 = values
+    metric = AggregatedMetric.model_construct(
+        name="m", tags={"node": "n"}, timestamp=1_700_000_060.0, window_start=1_700_000_000.0, count=count,
+        sum=total, mean=mean, min=lo, max=hi, last=last, quantiles={"p50": p50, "p95": p95, "p99": p99},
+    )  # fmt: skip
+    if math.isfinite(sum(values)):
+        assert lineproto.encode_many([metric]) == [lineproto.encode(metric)]
+
+
+def test_values_orjson_writes_differently_from_repr_still_get_reprs_text() -> None:
+    for value in (1e16, 1.5e300, 1e-05, 2.7228186427695934e-05, 6.7e-08, 5e-324, -0.0, 0.0001, 123.0):
+        metric = _metric("m", {}).model_copy(update={"last": value})
+        (line,) = lineproto.encode_many([metric])
+        assert line == lineproto.encode(metric)
+        text = repr(value)
+        assert f"last={text[:-2] if text.endswith('.0') else text}," in line, line
 
 
 def test_tag_value_ending_in_backslash_cannot_swallow_the_separator() -> None:
