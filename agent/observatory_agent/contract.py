@@ -741,10 +741,10 @@ DEFAULT_ROLLUP_FUNCTIONS: Final = ("mean", "max", "p95")
 ROLLUP_FUNCTION_PATTERN: Final = r"^(count|sum|mean|min|max|last|p[0-9]{1,2}(\.[0-9]+)?)$"
 """The functions a rule may ask for; ``pNN`` is a quantile in percent (``p95``, ``p99.9``)."""
 ROLLUP_OUTPUT_TAGS: Final = ("rule", "namespace", "cluster")
-_UNGROUPABLE: Final = frozenset({"rule", "namespace"})
-"""The rule's own name and namespace: a series' tag of that name cannot replace them (``cluster`` may:
-a rule over several clusters' agents keeps them apart)."""
 """Tags the processor sets on every output point besides the groupBy tags."""
+UNGROUPABLE_TAGS: Final = ("rule", "namespace")
+"""The rule's own name and namespace: a series' tag of that name cannot replace them in ``groupBy``
+(``cluster`` may: a rule over several clusters' agents keeps them apart)."""
 WATERMARK_MEASUREMENT: Final = "observatory.processor.watermark"
 """The marker point written with each window: the processor's durable flush watermark."""
 TELEMETRY_MEASUREMENT: Final = "observatory.processor"
@@ -842,7 +842,7 @@ class ProcessorConfig(BaseModel):
         if len(set(v)) != len(v):
             raise ValueError("tags must not repeat")
         for tag in v:
-            if not tag or tag in _UNGROUPABLE or tag.startswith("_"):
+            if not tag or tag in UNGROUPABLE_TAGS or tag.startswith("_"):
                 raise ValueError(
                     f"{tag!r} cannot be grouped by (empty, 'rule' or 'namespace' — the rule's own tags on "
                     "every output point — or reserved by InfluxDB)"

@@ -30,14 +30,9 @@ _log = math.log
 _ceil = math.ceil
 
 
-def exact_quantile(sorted_values: Sequence[float], q: float) -> float:
-    """numpy's ``linear`` quantile of already sorted, non-empty samples; ``q`` in percent."""
-    ((_, lo, t),) = exact_plan(len(sorted_values), (("", q),))
-    return _lerp(sorted_values, lo, t)
-
-
 def exact_quantiles(sorted_values: Sequence[float], keyed: tuple[tuple[str, float], ...]) -> dict[str, float]:
-    """``{key: exact_quantile(sorted_values, q)}`` for each ``(key, q)``: a window's quantiles of one series.
+    """``{key: the exact quantile q}`` for each ``(key, q)`` of already sorted, non-empty samples (``q`` in
+    percent; numpy's ``linear``, as the module docstring defines): a window's quantiles of one series.
 
     Every series with the same sample count shares where its quantiles fall (a cached plan), so
     closing a window of many short series does the rank arithmetic once, not per series.

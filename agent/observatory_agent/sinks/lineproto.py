@@ -188,12 +188,9 @@ def encode_many(metrics: Iterable[AggregatedMetric], *, skipped: list[str] | Non
         # int or a bool got into it.
         ordered = tuple(map(float, layout.order(floats)))
         text = dumps(ordered)
-        parts = [repr(v) for v in ordered] if b"e" in text or b"0.0000" in text else text[1:-1].decode().split(",")
-        if layout.count_at:
-            parts.insert(layout.count_at, count)  # type: ignore[arg-type]  # %d formats the int
-            fields = layout.template % tuple(parts)
-        else:
-            fields = layout.template % (count, *parts)
+        texts = [repr(v) for v in ordered] if b"e" in text or b"0.0000" in text else text[1:-1].decode().split(",")
+        at = layout.count_at
+        fields = layout.template % (*texts[:at], count, *texts[at:])  # %d formats the count
         if ".0," in fields or fields.endswith(".0"):
             fields = whole("", fields)
         append(f"{measurement}{tags} {fields} {round(m.timestamp * 1000)}")

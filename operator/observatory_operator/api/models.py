@@ -21,6 +21,7 @@ from observatory_agent.contract import (
     DURATION_PATTERN,
     ROLLUP_FUNCTION_PATTERN,
     SYSTEM_COLLECTORS,
+    UNGROUPABLE_TAGS,
     parse_duration,
 )
 
@@ -529,8 +530,9 @@ class AggregationRuleSpec(_Model):
                 ".metrics",
             ),
             cel(
-                "!has(self.groupBy) || self.groupBy.all(t, size(t) > 0 && t != 'rule' && t != 'namespace'"
-                " && !t.startsWith('_'))",
+                "!has(self.groupBy) || self.groupBy.all(t, size(t) > 0 && !t.startsWith('_')"
+                + "".join(f" && t != '{tag}'" for tag in UNGROUPABLE_TAGS)
+                + ")",
                 GROUP_BY_MESSAGE,
                 ".groupBy",
             ),
@@ -586,7 +588,7 @@ class AggregationRuleSpec(_Model):
             raise ValueError("maxSeries must be at least 1")
         if not self.metrics or not all(self.metrics):
             raise ValueError("metrics must list at least one non-empty metric name pattern")
-        if any(not t or t in {"rule", "namespace"} or t.startswith("_") for t in self.group_by):
+        if any(not t or t in UNGROUPABLE_TAGS or t.startswith("_") for t in self.group_by):
             raise ValueError(GROUP_BY_MESSAGE)
         return self
 
