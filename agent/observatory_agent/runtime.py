@@ -72,6 +72,8 @@ SELF_FIELDS: Final = (
     "dropped_series",
     "collector_errors",
     "last_write_age_seconds",
+    "partials_pending",
+    "partials_errors",
 )
 """The fields of the agent's own point, each window (the README documents each)."""
 TAG_CACHE_ENTRIES: Final = 4096
@@ -240,6 +242,8 @@ class Agent:
             # False when shared-config's observatory_enabled (or the spec) switched collection off:
             # the operator then reports "disabled", not "broken", for an agent that writes nothing.
             "enabled": self._loaded.effective.enabled if self._loaded else True,
+            # Per AggregationRule: partials waiting for their processor, its last answer, the last failure.
+            "partials": self.partials.report() if self.partials else {},
         }
 
     # --- configuration ------------------------------------------------------------------------
@@ -570,6 +574,8 @@ class Agent:
                 "dropped_series": self._counts["dropped_series"] + (agg.dropped_series if agg else 0),
                 "collector_errors": sum(self.collector_errors.values()),
                 "last_write_age_seconds": float(now - (last if last is not None else self.started_at)),
+                "partials_pending": self.partials.pending if self.partials else len(self._held_partials),
+                "partials_errors": self.partials.errors if self.partials else 0,
             },
             window.end,
         )

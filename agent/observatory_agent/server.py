@@ -3,7 +3,8 @@
 ``/status`` is what the operator reads into the ObservatoryCollector's status::
 
     {"last_successful_write": unix | null, "buffered_points": int, "buffered_bytes": int,
-     "errors": {...}, "config_hash": str, "version": str, "node": str, "ready": bool, "enabled": bool}
+     "errors": {...}, "config_hash": str, "version": str, "node": str, "ready": bool, "enabled": bool,
+     "partials": {rule: {"processor", "pending", "oldest_pending_window_end", "last_contact", "last_error", ...}}}
 
 Four GET endpoints do not need a web framework: the standard library's ``http.server``
 serves them (prometheus-client imports it anyway), accepting on one daemon thread. Importing

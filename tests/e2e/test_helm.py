@@ -120,6 +120,8 @@ def diagnosis(control_plane: ControlPlane, nodes: Nodes, namespaces: tuple[str, 
         processors, _ = control_plane.kube.list(
             f"/api/v1/namespaces/{namespace}/pods", labelSelector="app.kubernetes.io/component=processor"
         )
+        for pod in agent_pods(control_plane, namespace):
+            parts.append(partials_of(control_plane, pod))
         for pod in processors:
             parts.append(tail_of(nodes, namespace, pod["metadata"]["name"], "processor", 30))
         for pod in agent_pods(control_plane, namespace):
@@ -135,6 +137,18 @@ def diagnosis(control_plane: ControlPlane, nodes: Nodes, namespaces: tuple[str, 
             done = control_plane.kubectl(*args, check=False)
             parts.append(f"--- kubectl {' '.join(args)}:\n{done.stdout}{done.stderr}")
     return "\n".join(parts)
+
+
+def partials_of(control_plane: ControlPlane, pod: Obj) -> str:
+    """The agent's own account of its partials (``/status``), through the API server's pod proxy."""
+    meta = pod["metadata"]
+    ports = [p["containerPort"] for c in pod["spec"]["containers"] for p in c.get("ports") or []]
+    where = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}:{ports[0] if ports else 9464}/proxy/status"
+    try:
+        answer = control_plane.kube.get(where).get("partials")
+    except (ApiError, OSError, ValueError) as exc:
+        answer = f"(no /status: {exc})"
+    return f"--- agent {meta['name']} on {pod['spec'].get('nodeName')}: /status partials: {answer}"
 
 
 def tail_of(nodes: Nodes, namespace: str, pod: str, container: str, lines: int) -> str:

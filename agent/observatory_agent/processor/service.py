@@ -17,7 +17,8 @@ are re-sent by the agents to the next instance.
 ``/status`` (JSON)::
 
     {"rule", "namespace", "instance", "ready", "watermark": unix | null, "open_windows",
-     "last_window": {"end", "acknowledged", "series", "nodes", "expected_nodes", "dropped_series",
+     "last_window": {"end", "acknowledged", "series", "nodes", "node_names" (up to 256, else null),
+                     "expected_nodes", "dropped_series",
                      "quantile_methods": {"exact": n, "sketch": n}} | null,
      "partials": {"received", "accepted", "duplicates", "late", "dropped": {reason: n}, "kept": {reason: n},
                   "invalid"},
@@ -84,6 +85,8 @@ HEALTH_FIELDS: Final = (
     "write_errors",
 )
 """Fields of the ``observatory.processor`` point written with each window (all integers)."""
+NODE_NAMES_SHOWN: Final = 256
+"""``/status`` names the last window's contributing nodes up to this many (the operator names the missing ones)."""
 LOG_EVERY: Final = 10.0
 """Seconds between two log lines about refusals of the same reason."""
 
@@ -427,6 +430,8 @@ class Processor:
                 "end": end,
                 "series": window.series,
                 "nodes": window.nodes,
+                # Who contributed, so the operator can name the nodes whose agents run but sent nothing.
+                "node_names": sorted(window.node_index) if window.nodes <= NODE_NAMES_SHOWN else None,
                 "expected_nodes": self.rollup.expected_nodes(end),
                 "dropped_series": len(window.dropped_keys),
                 "quantile_methods": methods,

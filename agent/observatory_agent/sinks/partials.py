@@ -253,6 +253,10 @@ class SenderStats:
     rejected: int = 0
     """Partials a 4xx answer refused as invalid: dropped."""
     last_contact: float | None = None
+    """When the processor last answered with its state (unix seconds)."""
+    last_error: str | None = None
+    """The newest failure, as logged (``partials_send_failed``): what a stalled node is told."""
+    last_error_at: float | None = None
 
 
 class Http:
@@ -328,6 +332,7 @@ class RuleSender:
 
     def _failed(self, what: str) -> None:
         self.stats.errors += 1
+        self.stats.last_error, self.stats.last_error_at = what[:300], self._clock()
         self._failures += 1
         cap = max(1.0, min(30.0, self._agent_window))
         delay = self._rng.uniform(0.5, 1.0) * min(cap, BASE_BACKOFF * 2 ** (self._failures - 1))
@@ -348,6 +353,28 @@ class RuleSender:
             last = self.stats.last_contact or 0.0
             return max(0.0, last + self._agent_window - now)
         return 3600.0
+
+    def report(self) -> dict[str, Any]:
+        """This rule's delivery as the agent's ``/status`` shows it (``partials.<rule>``)."""
+        entries = self.outbox.entries()
+        stats = self.stats
+        return {
+            "processor": self.target.url,
+            "pending": len(entries),
+            "oldest_pending_window_end": entries[0].window_end if entries else None,
+            "instance": self.instance,
+            "watermark": self.watermark,
+            "last_contact": stats.last_contact,
+            "last_error": stats.last_error,
+            "last_error_at": stats.last_error_at,
+            "errors": stats.errors,
+            "sent": stats.sent,
+            "accepted": stats.accepted,
+            "written": stats.written,
+            "rejected": stats.rejected,
+            "refused": dict(stats.refused),
+            "dropped_outbox_full": self.outbox.dropped,
+        }
 
     async def pump(self) -> None:
         """Send what this processor instance lacks, oldest first; poll its watermark when idle."""
@@ -567,6 +594,10 @@ class Partials:
     @property
     def errors(self) -> int:
         return self.build_errors + sum(s.stats.errors for s in self.senders.values())
+
+    def report(self) -> dict[str, dict[str, Any]]:
+        """Every rule's delivery, by rule name (the agent's ``/status`` ``partials``)."""
+        return {rule: sender.report() for rule, sender in sorted(self.senders.items())}
 
     @property
     def pending(self) -> int:

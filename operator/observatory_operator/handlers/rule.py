@@ -178,6 +178,7 @@ def kind(settings: Settings, prober: Prober) -> Kind:
             None,
         )
         started = [t.timestamp() for p in pods if (t := parse_time((p.get("status") or {}).get("startTime")))]
+        expected = _expected_nodes(cache, planned.feeders, owner.namespace)
         observed = funnel.Observed(
             generation=seen.generation,
             spec=planned.spec,
@@ -186,7 +187,8 @@ def kind(settings: Settings, prober: Prober) -> Kind:
             deployment=deploy,
             report=report,
             started=max(started) if started else None,
-            expected_nodes=_expected_nodes(cache, planned.feeders, owner.namespace),
+            expected_nodes=len(expected),
+            expected_node_names=expected,
             missing_collectors=planned.missing,
             window_problems=planned.window_problems,
             config_hash=planned.config_hash or seen.config_hash,
@@ -214,7 +216,7 @@ def kind(settings: Settings, prober: Prober) -> Kind:
     )
 
 
-def _expected_nodes(cache: Cache, feeders: Iterable[Feeder], namespace: str) -> int:
+def _expected_nodes(cache: Cache, feeders: Iterable[Feeder], namespace: str) -> frozenset[str]:
     """Nodes running a ready agent of any collector the rule names."""
     nodes: set[str] = set()
     daemonsets = cache.store(DAEMONSETS)
@@ -227,7 +229,7 @@ def _expected_nodes(cache: Cache, feeders: Iterable[Feeder], namespace: str) -> 
                 node = (pod.get("spec") or {}).get("nodeName")
                 if node:
                     nodes.add(str(node))
-    return len(nodes)
+    return frozenset(nodes)
 
 
 def connect(rules: Controller, collectors: Controller) -> None:

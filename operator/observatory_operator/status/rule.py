@@ -57,6 +57,8 @@ class ProcessorReport:
     last_end: float | None = None
     series: int | None = None
     nodes: int | None = None
+    node_names: frozenset[str] | None = None
+    """The nodes that contributed to the newest window (None when the processor did not list them all)."""
     dropped_series: int | None = None
     late_partials: int | None = None
     buffered_points: int | None = None
@@ -72,13 +74,19 @@ class ProcessorReport:
             number = finite(value, 0, COUNT_LIMIT)
             return int(number) if number is not None else None
 
+        nodes = count(last.get("nodes"))
+        listed = last.get("node_names")
+        names = None
+        if isinstance(listed, list) and len(listed) == nodes and all(isinstance(n, str) for n in listed):
+            names = frozenset(n[:253] for n in listed)
         writes = _object(errors.get("writes"))
         failing = sorted(str(k)[:64] for k, v in writes.items() if isinstance(v, int) and v > 0)
         return cls(
             watermark=finite(data.get("watermark"), 0, MAX_TIMESTAMP),
             last_end=finite(last.get("end"), 0, MAX_TIMESTAMP),
             series=count(last.get("series")),
-            nodes=count(last.get("nodes")),
+            nodes=nodes,
+            node_names=names,
             dropped_series=count(last.get("dropped_series")),
             late_partials=count(partials.get("late")),
             buffered_points=count(data.get("buffered_points")),
@@ -101,6 +109,8 @@ class Observed:
     started: float | None = None
     """Unix time the processor pod started (how long it may still wait for its first window)."""
     expected_nodes: int | None = None
+    expected_node_names: frozenset[str] = frozenset()
+    """The nodes running a ready agent of the rule's collectors (``expected_nodes`` of them)."""
     missing_collectors: Sequence[str] = ()
     window_problems: Sequence[str] = ()
     """Collectors whose window does not divide the rule's, each as ``name (window 45s)``."""
@@ -188,10 +198,13 @@ def _data_flowing(observed: Observed, now: datetime) -> CondValue:
     nodes = f"{report.nodes}" if report.nodes is not None else "?"
     expected = f"/{observed.expected_nodes}" if observed.expected_nodes is not None else ""
     series = report.series if report.series is not None else 0
+    silent = sorted(observed.expected_node_names - report.node_names) if report.node_names is not None else []
+    # Nodes whose agents run but whose partials are not in the window: their agents' /status says why.
+    absent = f"; nothing from {_some(silent)}" if silent else ""
     return (
         ConditionStatus.TRUE,
         r.WINDOWS_WRITTEN,
-        f"window ending {human(age)} ago written: {series} series from {nodes}{expected} nodes{detail}",
+        f"window ending {human(age)} ago written: {series} series from {nodes}{expected} nodes{absent}{detail}",
     )
 
 

@@ -340,3 +340,34 @@ async def test_a_restarted_processor_gets_the_unwritten_partials_again(tmp_path:
         await stop.cleanup()  # type: ignore[attr-defined]
     finally:
         await agent.close(0.1)
+
+
+async def test_a_sender_that_cannot_deliver_says_why_and_what_waits(tmp_path: Path) -> None:
+    refused = "ClientConnectorError: Cannot connect to host cpu-rollup-processor.team.svc:8080"
+
+    def down(method: str, body: bytes | None) -> tuple[int, Any]:
+        raise OSError(refused)
+
+    http = Scripted(down)
+    sender, clock = _sender(tmp_path, http, 120.0, 180.0)
+    before = sender.report()
+    assert (before["pending"], before["last_error"], before["errors"]) == (2, None, 0)
+    await sender.pump()
+    stalled = sender.report()
+    assert stalled["pending"] == 2
+    assert stalled["oldest_pending_window_end"] == 120.0
+    assert stalled["instance"] is None
+    assert stalled["last_contact"] is None
+    assert stalled["last_error"] == f"OSError: {refused}"
+    assert (stalled["last_error_at"], stalled["errors"]) == (clock.now, 1)
+    assert stalled["processor"] == _target().url
+
+    http.answer = lambda m, b: (202, _ack(watermark=180.0))
+    clock.now += 60
+    await sender.pump()
+    await sender.pump()
+    delivered = sender.report()
+    assert (delivered["pending"], delivered["oldest_pending_window_end"], delivered["written"]) == (0, None, 2)
+    assert delivered["last_contact"] == clock.now
+    assert delivered["watermark"] == 180.0
+    assert delivered["last_error"] is not None  # the last failure stays, with its time, for whoever looks later

@@ -73,8 +73,10 @@ async def test_agent_buffers_every_window_when_influxdb_is_not_configured(tmp_pa
         "node",
         "ready",
         "enabled",
+        "partials",
     }
     assert status["enabled"] is True
+    assert status["partials"] == {}  # no AggregationRule names this collector
     buffer = DurableBuffer(tmp_path / "buffer", 1 << 26)
     lines = []
     while (record := buffer.peek()) is not None:
@@ -435,6 +437,14 @@ async def test_partials_of_windows_closed_while_the_buffer_was_held_elsewhere_ar
         old.close()
         await asyncio.sleep(1.5)
         assert agent.status()["buffer"]["owned"] is True
+        await asyncio.sleep(1.0)
+        # Nothing answers at the rule's URL: /status says what waits and why, per rule.
+        stalled = agent.status()["partials"]["mem"]
+        assert stalled["pending"] >= 2
+        assert stalled["processor"] == nowhere
+        assert stalled["last_contact"] is None
+        assert stalled["errors"] >= 1
+        assert "Cannot connect" in stalled["last_error"], stalled["last_error"]
     finally:
         stop.set()
         await asyncio.wait_for(task, timeout=15)
@@ -442,3 +452,7 @@ async def test_partials_of_windows_closed_while_the_buffer_was_held_elsewhere_ar
     ends = sorted({int(p.name.split("-", 1)[0]) / 1000 for p in outbox})
     assert ends[0] < released - 1  # windows closed while the directory was held elsewhere were kept
     assert ends == [ends[0] + i for i in range(len(ends))]  # and none is missing since
+    # The agent's own point says so too (InfluxDB keeps it when pod logs are gone): waiting partials, failed sends.
+    own = [line for line in _buffered(tmp_path / "buffer") if line.startswith("observatory.agent,")]
+    assert int(_field(own[-1], "partials_pending")[:-1]) >= 2
+    assert int(_field(own[-1], "partials_errors")[:-1]) >= 1

@@ -185,6 +185,28 @@ def test_a_rule_that_writes_every_window_reads_ready_with_its_last_window_and_se
     assert cond(result, "CardinalityLimited")["status"] == "False"
 
 
+def test_nodes_running_agents_whose_partials_are_not_in_the_window_are_named() -> None:
+    names = frozenset({"node-1", "node-2", "node-3"})
+    two = report(last_window={"end": NOW.timestamp() - 30, "series": 2, "nodes": 2, "node_names": ["node-1", "node-3"]})
+    result = compute(report=two, expected=3, expected_node_names=names)
+    flowing = cond(result, "DataFlowing")
+    assert flowing["status"] == "True"  # roll-ups are written, from the nodes that send
+    assert flowing["message"].endswith("2 series from 2/3 nodes; nothing from node-2"), flowing["message"]
+    every = report(last_window={"end": NOW.timestamp() - 30, "series": 2, "nodes": 3, "node_names": sorted(names)})
+    assert "nothing from" not in cond(compute(report=every, expected_node_names=names), "DataFlowing")["message"]
+
+
+@pytest.mark.parametrize(
+    "listed",
+    [None, ["node-1"], ["node-1", 7], "node-1,node-3"],
+    ids=["not listed", "fewer than nodes", "not names", "not a list"],
+)
+def test_a_missing_or_implausible_node_list_names_no_node(listed: Any) -> None:
+    two = report(last_window={"end": NOW.timestamp() - 30, "series": 2, "nodes": 2, "node_names": listed})
+    result = compute(report=two, expected=3, expected_node_names=frozenset({"node-1", "node-2", "node-3"}))
+    assert cond(result, "DataFlowing")["message"].endswith("2 series from 2/3 nodes"), listed
+
+
 def test_windows_older_than_two_windows_and_the_lateness_are_late() -> None:
     stale = report(watermark=NOW.timestamp() - 3 * 60)
     result = compute(report=stale)

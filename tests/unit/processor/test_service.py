@@ -296,6 +296,7 @@ async def test_written_window_carries_points_marker_and_health_in_one_batch(tmp_
     assert status["last_window"]["end"] == end
     assert status["last_window"]["acknowledged"] is False
     assert (status["last_window"]["series"], status["last_window"]["nodes"]) == (2, 3)
+    assert status["last_window"]["node_names"] == ["n1", "n2", "n3"]
     assert status["errors"]["writes"]["retryable"] >= 1
     (record,) = DurableBuffer(tmp_path / "buffer", 1 << 20).peek_many(10)
     ms = round(end * 1000)
