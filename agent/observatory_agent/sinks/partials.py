@@ -12,7 +12,13 @@ The protocol, agent side (the processor's side is in ``observatory_agent.process
   watermark reaches its window, not merely until it was accepted.
 - A new instance id means the processor restarted and merged nothing of what it had: every
   partial still in the outbox is sent again. ``written`` and ``busy`` refusals keep the partial;
-  ``too_late``, ``conflict`` and ``mismatch`` refusals and 4xx answers drop it (counted).
+  ``too_late``, ``conflict`` and ``mismatch`` refusals, and the answers by which the processor
+  refuses a body it read as invalid (``REFUSED_CONTENT``: 400, 411, 413, 415, 422), drop it (counted).
+  Any other answer (404 from something that is not the processor, 401/403 from a proxy, 5xx) keeps
+  it and backs off: only the processor can say a partial is useless.
+- Every request gets a connection of its own (the processor closes each after answering anyway): a
+  connection that reached the wrong peer — a Service address used before kube-proxy routed it, a
+  proxy that answers everything — is never reused, so the next attempt is routed afresh.
 - Failures (network, 5xx, 503 while the processor reads its watermark back) back off up to the
   agent window; when nothing is left to send but partials wait to be written, the sender asks
   ``GET /v1/partials`` once per agent window so a restarted processor is noticed. A sender that
@@ -60,6 +66,9 @@ from observatory_agent.sinks.buffer import fsync_directory
 
 log = structlog.get_logger("observatory_agent.sinks.partials")
 
+REFUSED_CONTENT: Final = frozenset({400, 411, 413, 415, 422})
+"""Statuses by which the processor refuses a body it read (invalid JSON or field, size, encoding):
+sending the same bytes again cannot help, so the partial is dropped and counted."""
 REQUEST_TIMEOUT: Final = 5.0
 """Seconds one POST or GET may take."""
 BASE_BACKOFF: Final = 0.5
@@ -251,7 +260,7 @@ class SenderStats:
     errors: int = 0
     """Requests that failed (network, 5xx, an answer that is not the contract's)."""
     rejected: int = 0
-    """Partials a 4xx answer refused as invalid: dropped."""
+    """Partials the processor refused as invalid (``REFUSED_CONTENT``): dropped."""
     last_contact: float | None = None
     """When the processor last answered with its state (unix seconds)."""
     last_error: str | None = None
@@ -270,7 +279,10 @@ class Http:
         import aiohttp  # noqa: PLC0415 - only agents feeding a processor need the client
 
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._timeout))
+            # force_close: a new connection per request, routed afresh (see the module docstring).
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self._timeout), connector=aiohttp.TCPConnector(force_close=True)
+            )
         headers = {"Content-Type": "application/json"} if body is not None else {}
         try:
             async with self._session.request(method, url, data=body, headers=headers) as resp:
@@ -421,7 +433,7 @@ class RuleSender:
             self._observe(ack)
             self._settle(entry, ack)
             return True
-        if 400 <= status < 500 and status not in {408, 429}:
+        if status in REFUSED_CONTENT:
             # The processor read the partial and refused it: sending it again cannot help.
             self.stats.rejected += 1
             self.outbox.remove(entry.name)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import http.server
 import json
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +24,7 @@ from observatory_agent.contract import (
     unpack_floats,
 )
 from observatory_agent.sinks import partials
+from tests.env.procs import free_port
 from tests.unit.processor.test_service import start
 
 T0 = 1_800_000_000.0
@@ -239,6 +242,21 @@ async def test_each_refusal_keeps_or_drops_the_partial(
     assert sender.stats.refused == {reason.value: 2 if resent else 1}
 
 
+@pytest.mark.parametrize("status", [401, 403, 404, 405, 409])
+async def test_an_answer_that_is_not_the_processors_refusal_keeps_the_partial(tmp_path: Path, status: int) -> None:
+    """A 404 from a proxy or another server at the Service's address says nothing about the partial."""
+    http = Scripted(lambda m, b: (status, {"error": "not here"}))
+    sender, clock = _sender(tmp_path, http, 120.0)
+    sender.instance = "p1"
+    await sender.pump()
+    assert (len(sender.outbox), sender.stats.rejected, sender.stats.errors) == (1, 0, 1)
+    assert sender.report()["last_error"].startswith(f"HTTP {status}")
+    http.answer = lambda m, b: (202, _ack(watermark=120.0))
+    clock.now += 60
+    await sender.pump()
+    assert (len(sender.outbox), sender.stats.written) == (0, 1)
+
+
 async def test_a_4xx_drops_the_partial_and_a_network_failure_keeps_it_and_backs_off(tmp_path: Path) -> None:
     http = Scripted(lambda m, b: (422, {"error": "series.count.0: bad", "field": "series.count.0"}))
     sender, _ = _sender(tmp_path, http, 120.0)
@@ -303,6 +321,72 @@ async def test_a_window_closed_early_makes_the_rest_of_it_a_new_source(tmp_path:
 
 
 # --- against a real processor on this host ------------------------------------------------
+
+
+class _AnswersEverything404(http.server.BaseHTTPRequestHandler):
+    """What answered at an unrouted Service address on this machine (its egress proxy): 404, kept alive."""
+
+    protocol_version = "HTTP/1.1"
+    requests = 0
+
+    def _answer(self) -> None:
+        type(self).requests += 1
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+async def test_a_connection_that_reached_the_wrong_peer_is_not_reused_once_the_processor_answers(
+    tmp_path: Path,
+) -> None:
+    """Issue 9's stall: an agent's first request to the processor's Service, sent before kube-proxy routed it,
+    reached a proxy that answers 404 and keeps connections alive. Reusing that connection kept the agent
+    talking to the proxy for good; each request now gets a connection of its own, routed afresh."""
+    port = free_port()
+    wrong = http.server.ThreadingHTTPServer(("127.0.0.1", port), _AnswersEverything404)
+    wrong.daemon_threads, wrong.block_on_close = True, False
+    threading.Thread(target=wrong.serve_forever, daemon=True).start()
+    end = (time.time() // 2.0) * 2.0
+    agent = partials.Partials("node-2", tmp_path / "agent", 1 << 20)
+    stop: asyncio.Event | None = None
+    try:
+        agent.configure([ProcessorTarget(rule="cpu-rollup", url=f"http://127.0.0.1:{port}", metrics=["system.*"])])
+        agg = WindowAggregator(2.0, exact_threshold=1024)
+        agg.add("system.cpu.usage", tags_key({"zone": "a", "node": "node-2"}), 42.0, end - 1.0)
+        (window,) = agg.close(end)
+        agent.submit(window, time.time())
+        sender = agent.senders["cpu-rollup"]
+        for _ in range(200):
+            if sender.stats.errors:
+                break
+            await asyncio.sleep(0.02)
+        assert sender.report()["last_error"] == "HTTP 404: "
+        assert len(sender.outbox) == 1  # a 404 is not the processor refusing the partial: kept
+
+        # kube-proxy routes the Service now: the proxy takes no new connection, the processor listens there.
+        wrong.shutdown()
+        wrong.socket.close()
+        before = _AnswersEverything404.requests
+        running, stop = await start(tmp_path / "p", floor=None, allowed_lateness="1500ms", port=port)
+        for _ in range(300):
+            if sender.stats.accepted:
+                break
+            await asyncio.sleep(0.02)
+        assert sender.instance == running.processor.instance, sender.report()
+        assert running.processor.status()["partials"]["accepted"] == 1
+        assert _AnswersEverything404.requests == before  # nothing more went to the wrong peer
+    finally:
+        if stop is not None:
+            stop.set()
+            await stop.cleanup()  # type: ignore[attr-defined]
+        await agent.close(0.1)
+        wrong.server_close()
 
 
 async def test_a_restarted_processor_gets_the_unwritten_partials_again(tmp_path: Path) -> None:

@@ -78,11 +78,13 @@ class Running:
         return await asyncio.to_thread(self.request, method, path, body, headers)
 
 
-async def start(tmp_path: Path, *, floor: float | None = None, **overrides: Any) -> tuple[Running, asyncio.Event]:
+async def start(
+    tmp_path: Path, *, floor: float | None = None, port: int = 0, **overrides: Any
+) -> tuple[Running, asyncio.Event]:
     loaded = config.load(write_config(tmp_path / "processor.json", **overrides), None, {})
     processor = Processor(loaded, ProcessorTelemetry("test", "cpu-rollup"), version="test", reader=lambda *_: floor)
     processor.open(Path(loaded.effective.processor.buffer_dir))
-    srv = await server.start(processor.app(), "127.0.0.1", 0)
+    srv = await server.start(processor.app(), "127.0.0.1", port)
     stop = asyncio.Event()
     task = asyncio.create_task(processor.run(stop))
 
