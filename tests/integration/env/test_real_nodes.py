@@ -223,3 +223,21 @@ def test_pod_traffic_never_leaves_the_machine(control_plane: ControlPlane, nodes
     while realnodes.egress_dropped_packets() <= dropped_before and time.monotonic() < deadline:
         time.sleep(0.2)
     assert realnodes.egress_dropped_packets() > dropped_before
+
+
+def test_a_service_address_kube_proxy_has_not_routed_is_not_reached_off_the_machine(
+    control_plane: ControlPlane, nodes: Nodes, namespace: str
+) -> None:
+    """From the host network (a hostNetwork agent), an unrouted Service address must not reach whatever
+    answers off the machine: issue 9's agent once kept a connection to such a peer and never reached its processor."""
+    _running(control_plane, namespace, _pod("host-leaver", nodes.untainted[0], ["sleep", "3600"], hostNetwork=True))
+    dropped_before = realnodes.egress_dropped_packets()
+    unrouted = "10.96.255.254"  # in the Service range, no Service: kube-proxy has no rule for it
+    attempt = (
+        "import socket; s = socket.socket(); s.settimeout(2)\n"
+        f"try:\n    s.connect(('{unrouted}', 8080)); print('connected')\n"
+        "except OSError as e:\n    print('not connected', e)\n"
+    )
+    out = nodes.exec(namespace, "host-leaver", "main", "python3", "-c", attempt).stdout
+    assert "not connected" in out, out
+    assert realnodes.egress_dropped_packets() > dropped_before
