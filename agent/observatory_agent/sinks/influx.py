@@ -338,6 +338,9 @@ class InfluxWriter:
             else:
                 service.post_write(org=s.org, bucket=s.bucket, body=payload, precision=PRECISION)
         except Exception as exc:  # mapped to our error tree right here
+            # A connection that failed is not reused: the next attempt connects (and is routed) afresh. One kept
+            # alive to the wrong peer (a proxy answering for a Service address not routed yet) would be reused forever.
+            self._rest.pool_manager.clear()
             raise classify(exc) from exc
         finally:
             if self.on_request is not None:
