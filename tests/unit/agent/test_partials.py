@@ -323,6 +323,22 @@ async def test_a_window_closed_early_makes_the_rest_of_it_a_new_source(tmp_path:
 # --- against a real processor on this host ------------------------------------------------
 
 
+def _submit_one(agent: partials.Partials, node: str, end: float) -> partials.RuleSender:
+    """One 2 s window with one cpu sample closed and handed to ``agent``; its cpu-rollup sender."""
+    agg = WindowAggregator(2.0, exact_threshold=1024)
+    agg.add("system.cpu.usage", tags_key({"zone": "a", "node": node}), 42.0, end - 1.0)
+    (window,) = agg.close(end)
+    agent.submit(window, time.time())
+    return agent.senders["cpu-rollup"]
+
+
+async def _until(done: Callable[[], object], steps: int = 300) -> None:
+    for _ in range(steps):
+        if done():
+            return
+        await asyncio.sleep(0.02)
+
+
 class _AnswersEverything404(http.server.BaseHTTPRequestHandler):
     """What answered at an unrouted Service address on this machine (its egress proxy): 404, kept alive."""
 
@@ -357,15 +373,8 @@ async def test_a_connection_that_reached_the_wrong_peer_is_not_reused_once_the_p
     stop: asyncio.Event | None = None
     try:
         agent.configure([ProcessorTarget(rule="cpu-rollup", url=f"http://127.0.0.1:{port}", metrics=["system.*"])])
-        agg = WindowAggregator(2.0, exact_threshold=1024)
-        agg.add("system.cpu.usage", tags_key({"zone": "a", "node": "node-2"}), 42.0, end - 1.0)
-        (window,) = agg.close(end)
-        agent.submit(window, time.time())
-        sender = agent.senders["cpu-rollup"]
-        for _ in range(200):
-            if sender.stats.errors:
-                break
-            await asyncio.sleep(0.02)
+        sender = _submit_one(agent, "node-2", end)
+        await _until(lambda: sender.stats.errors)
         assert sender.report()["last_error"] == "HTTP 404: "
         assert len(sender.outbox) == 1  # a 404 is not the processor refusing the partial: kept
 
@@ -374,10 +383,7 @@ async def test_a_connection_that_reached_the_wrong_peer_is_not_reused_once_the_p
         wrong.socket.close()
         before = _AnswersEverything404.requests
         running, stop = await start(tmp_path / "p", floor=None, allowed_lateness="1500ms", port=port)
-        for _ in range(300):
-            if sender.stats.accepted:
-                break
-            await asyncio.sleep(0.02)
+        await _until(lambda: sender.stats.accepted)
         assert sender.instance == running.processor.instance, sender.report()
         assert running.processor.status()["partials"]["accepted"] == 1
         assert _AnswersEverything404.requests == before  # nothing more went to the wrong peer
@@ -396,15 +402,8 @@ async def test_a_restarted_processor_gets_the_unwritten_partials_again(tmp_path:
     try:
         target = ProcessorTarget(rule="cpu-rollup", url=f"http://127.0.0.1:{first.port}", metrics=["system.cpu.*"])
         agent.configure([target])
-        agg = WindowAggregator(2.0, exact_threshold=1024)
-        agg.add("system.cpu.usage", tags_key({"zone": "a", "node": "node-1"}), 42.0, end - 1.0)
-        (window,) = agg.close(end)
-        agent.submit(window, time.time())
-        sender = agent.senders["cpu-rollup"]
-        for _ in range(200):
-            if sender.stats.accepted:
-                break
-            await asyncio.sleep(0.02)
+        sender = _submit_one(agent, "node-1", end)
+        await _until(lambda: sender.stats.accepted)
         assert sender.instance == first.processor.instance
         assert first.processor.status()["partials"]["accepted"] == 1
         stop.set()
@@ -413,10 +412,7 @@ async def test_a_restarted_processor_gets_the_unwritten_partials_again(tmp_path:
         second, stop = await start(tmp_path / "p2", floor=None, allowed_lateness="1500ms", restart_grace="2s")
         sender.target = target.model_copy(update={"url": f"http://127.0.0.1:{second.port}"})
         sender.wake.set()
-        for _ in range(300):
-            if second.processor.status()["partials"]["accepted"]:
-                break
-            await asyncio.sleep(0.02)
+        await _until(lambda: second.processor.status()["partials"]["accepted"])
         assert sender.instance == second.processor.instance
         assert second.processor.status()["partials"]["accepted"] == 1
         assert len(sender.outbox) == 1  # nothing written to InfluxDB yet: still kept
