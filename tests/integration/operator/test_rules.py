@@ -286,9 +286,20 @@ def test_rollups_equal_what_the_agents_raw_samples_give_and_kubectl_shows_them(
     # Once every node has sent a few windows, the status counts them all.
     def all_nodes() -> bool:
         status = rule_status(kube, namespace)
-        return status.get("contributingNodes") == 3 and status.get("expectedNodes") == 3
+        counted = status.get("contributingNodes") == 3 and status.get("expectedNodes") == 3
+        # The processor's node names are the nodes the operator knows the agents by: none is named as missing.
+        return counted and "nothing from" not in condition(status, "DataFlowing").get("message", "")
 
-    eventually(all_nodes, timeout=30, what="3 of 3 nodes contributing in the rule's status")
+    eventually(all_nodes, timeout=30, what="3 of 3 nodes contributing in the rule's status, none named as missing")
+
+    # ... because the processor names its window's nodes as the operator knows them (its /status, via the API server).
+    pods, _ = kube.list(f"/api/v1/namespaces/{namespace}/pods", labelSelector="app.kubernetes.io/component=processor")
+    status_path = f"/api/v1/namespaces/{namespace}/pods/{pods[0]['metadata']['name']}:9465/proxy/status"
+
+    def named() -> bool:
+        return kube.get(status_path)["last_window"]["node_names"] == sorted(nodes.names)
+
+    eventually(named, timeout=20, what="the processor's /status naming the three nodes of its newest window")
     # What a user sees: READY, WINDOW, LAST-WINDOW, SERIES filled in.
     out = control_plane.kubectl("get", "aggrule", "-n", namespace).stdout.split("\n")
     header, row = out[0].split(), out[1].split()
