@@ -15,8 +15,9 @@ Layout of the host network (all local, nothing routed off the machine)::
     Services 10.96.0.0/16 (kube-proxy, iptables mode); cluster DNS 10.96.0.10 → 10.244.0.1:53
 
 Pod traffic stays on this machine: the CNI bridge does not masquerade, and a chain of ours drops
-anything forwarded from the pod network to an address outside it, and anything the host network
-namespace sends to a Service address that kube-proxy has not routed (yet).
+anything forwarded from the pod network to an address outside it, anything the host network
+namespace sends to a Service address that kube-proxy has not routed (yet), and anything the
+image's user (hostNetwork pods) sends off the machine.
 
 One real bed runs on a machine at a time (kube-proxy's chains and the service range are
 host-wide): ``HostNetwork`` holds a lock (``/run/happy-observatory/realnodes.lock``) for the
@@ -64,8 +65,14 @@ DNS_SERVICE_IP = "10.96.0.10"
 CLUSTER_DOMAIN = "cluster.local"
 BRIDGE_PREFIX = "obsbr"
 EGRESS_CHAIN = "OBS-BED-EGRESS"
-SERVICE_EGRESS = ("-d", SERVICE_CIDR, "-j", EGRESS_CHAIN)
-"""The OUTPUT rule sending host traffic to a Service address kube-proxy did not route into the egress guard."""
+POD_UID = 65532
+"""The image's user (docker/Dockerfile): what a hostNetwork pod of ours runs as in the host's network namespace."""
+HOST_EGRESS = (
+    ("-d", SERVICE_CIDR, "-j", EGRESS_CHAIN),
+    ("!", "-o", "lo", "-m", "owner", "--uid-owner", str(POD_UID), "-j", EGRESS_CHAIN),
+)
+"""OUTPUT rules into the egress guard: host traffic to a Service address kube-proxy did not route, and
+anything a hostNetwork pod sends off the machine."""
 KUBELET_CHAINS = ("KUBE-FIREWALL", "KUBE-KUBELET-CANARY", "KUBE-IPTABLES-HINT")
 RUN_DIR = Path("/run/happy-observatory")
 LOCK_FILE = RUN_DIR / "realnodes.lock"
@@ -331,10 +338,11 @@ class HostNetwork:
         _run("iptables", "-A", EGRESS_CHAIN, "-d", CLUSTER_CIDR, "-j", "RETURN")
         _run("iptables", "-A", EGRESS_CHAIN, "-j", "DROP")
         _run("iptables", "-I", "FORWARD", "1", "-s", CLUSTER_CIDR, "-j", EGRESS_CHAIN)
-        # From the host network namespace (hostNetwork pods, the tests): a Service address that kube-proxy has
-        # not DNAT-ed yet (a Service seconds old) would follow the default route off the machine, where a proxy
-        # answers every connection. DNAT-ed packets carry the pod's address here and pass.
-        _run("iptables", "-I", "OUTPUT", "1", *SERVICE_EGRESS)
+        # From the host network namespace: a Service address that kube-proxy has not DNAT-ed yet (a Service
+        # seconds old) would follow the default route off the machine, where a proxy answers every connection;
+        # and a hostNetwork pod is a pod. DNAT-ed packets carry the pod's address here and pass.
+        for rule in HOST_EGRESS:
+            _run("iptables", "-I", "OUTPUT", "1", *rule)
 
     def note_netns(self, names: Iterable[str]) -> None:
         """Network namespaces created while the bed ran (recorded so a crashed bed's can be cleared)."""
@@ -359,8 +367,9 @@ class HostNetwork:
     def _remove_iptables() -> None:
         while _run("iptables", "-D", "FORWARD", "-s", CLUSTER_CIDR, "-j", EGRESS_CHAIN, check=False).returncode == 0:
             pass
-        while _run("iptables", "-D", "OUTPUT", *SERVICE_EGRESS, check=False).returncode == 0:
-            pass
+        for rule in HOST_EGRESS:
+            while _run("iptables", "-D", "OUTPUT", *rule, check=False).returncode == 0:
+                pass
         _quiet("iptables", "-F", EGRESS_CHAIN)
         _quiet("iptables", "-X", EGRESS_CHAIN)
         # The kubelet's own chains (its canaries and firewall): kube-proxy --cleanup leaves them.
