@@ -14,6 +14,7 @@ from typing import Any, Final
 
 import structlog
 
+from observatory_agent import httpclient
 from observatory_agent.collectors import registry
 from observatory_agent.collectors.base import COUNTER, GAUGE, Sample
 from observatory_agent.contract import RESERVED_TAGS, MetricType
@@ -105,10 +106,8 @@ class ApplicationCollector:
         return self._name
 
     async def _fetch(self, url: str) -> list[Sample]:
-        import aiohttp  # noqa: PLC0415 - lazy: agents without app targets never load the client
-
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._timeout))
+            self._session = httpclient.session(self._timeout)  # a connection per scrape, routed afresh
         async with self._session.get(url, headers={"Accept": "text/plain;version=0.0.4"}) as resp:
             resp.raise_for_status()
             if (resp.content_length or 0) > self.max_body_bytes:

@@ -48,6 +48,7 @@ from typing import Any, Final
 import structlog
 from pydantic import ValidationError
 
+from observatory_agent import httpclient
 from observatory_agent.aggregation import quantiles as qmod
 from observatory_agent.aggregation.series import SeriesKey
 from observatory_agent.aggregation.windows import ClosedWindow
@@ -279,10 +280,7 @@ class Http:
         import aiohttp  # noqa: PLC0415 - only agents feeding a processor need the client
 
         if self._session is None or self._session.closed:
-            # force_close: a new connection per request, routed afresh (see the module docstring).
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self._timeout), connector=aiohttp.TCPConnector(force_close=True)
-            )
+            self._session = httpclient.session(self._timeout)  # a connection per request, routed afresh
         headers = {"Content-Type": "application/json"} if body is not None else {}
         try:
             async with self._session.request(method, url, data=body, headers=headers) as resp:

@@ -18,6 +18,8 @@ from observatory_agent.collectors.custom import CustomCollector
 from observatory_agent.collectors.guard import Guard, run_cycle
 from observatory_agent.collectors.host import HostPaths
 from observatory_agent.contract import COLLECTOR_KINDS, CollectorConfig, MetricEvent, MetricType
+from tests.env.procs import free_port
+from tests.unit.agent import peers
 
 
 def _good(options: Mapping[str, str]) -> list[MetricEvent]:
@@ -401,6 +403,30 @@ def test_a_scrape_over_its_sample_limit_fails_the_target_instead_of_growing_memo
     with pytest.raises(ScrapeLimitError, match="sample_limit=100"):
         parse_exposition(text, sample_limit=100)
     assert len(parse_exposition(text, sample_limit=101)) == 101
+
+
+async def test_a_scrape_that_reached_the_wrong_peer_does_not_keep_its_connection() -> None:
+    """A target's Service address scraped before it was routed answered 404 on a kept-alive connection:
+    the next scrape connects afresh and reaches the target."""
+    port = free_port()
+    wrong = peers.serve(port, 404)
+    target = f"http://127.0.0.1:{port}/metrics"
+    collector = ApplicationCollector("apps", [target], 2.0)
+    try:
+        await run_cycle([_guard(collector, 2.0)])
+        assert (collector.up[target], wrong.requests) == (0, 1)
+        wrong.stop_listening()
+        right = peers.serve(port, 200, b"# TYPE q gauge\nq 3\n")
+        try:
+            cycle = await run_cycle([_guard(collector, 2.0)])
+        finally:
+            right.stop_listening()
+            right.server_close()
+        assert [(s.name, s.value) for s in cycle.samples] == [("app.q", 3.0)]
+        assert (collector.up[target], wrong.requests, right.requests) == (1, 1, 1)
+    finally:
+        await collector.close()
+        wrong.server_close()
 
 
 async def test_application_targets_report_up_per_target() -> None:

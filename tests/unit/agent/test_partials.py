@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import http.server
 import json
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +23,7 @@ from observatory_agent.contract import (
 )
 from observatory_agent.sinks import partials
 from tests.env.procs import free_port
+from tests.unit.agent import peers
 from tests.unit.processor.test_service import start
 
 T0 = 1_800_000_000.0
@@ -339,25 +338,6 @@ async def _until(done: Callable[[], object], steps: int = 300) -> None:
         await asyncio.sleep(0.02)
 
 
-class _AnswersEverything404(http.server.BaseHTTPRequestHandler):
-    """What answered at an unrouted Service address on this machine (its egress proxy): 404, kept alive."""
-
-    protocol_version = "HTTP/1.1"
-    requests = 0
-
-    def _answer(self) -> None:
-        type(self).requests += 1
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        self.send_response(404)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    do_GET = do_POST = _answer
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 async def test_a_connection_that_reached_the_wrong_peer_is_not_reused_once_the_processor_answers(
     tmp_path: Path,
 ) -> None:
@@ -365,9 +345,7 @@ async def test_a_connection_that_reached_the_wrong_peer_is_not_reused_once_the_p
     reached a proxy that answers 404 and keeps connections alive. Reusing that connection kept the agent
     talking to the proxy for good; each request now gets a connection of its own, routed afresh."""
     port = free_port()
-    wrong = http.server.ThreadingHTTPServer(("127.0.0.1", port), _AnswersEverything404)
-    wrong.daemon_threads, wrong.block_on_close = True, False
-    threading.Thread(target=wrong.serve_forever, daemon=True).start()
+    wrong = peers.serve(port, 404)  # what answered at the unrouted Service address
     end = (time.time() // 2.0) * 2.0
     agent = partials.Partials("node-2", tmp_path / "agent", 1 << 20)
     stop: asyncio.Event | None = None
@@ -379,14 +357,13 @@ async def test_a_connection_that_reached_the_wrong_peer_is_not_reused_once_the_p
         assert len(sender.outbox) == 1  # a 404 is not the processor refusing the partial: kept
 
         # kube-proxy routes the Service now: the proxy takes no new connection, the processor listens there.
-        wrong.shutdown()
-        wrong.socket.close()
-        before = _AnswersEverything404.requests
+        wrong.stop_listening()
+        before = wrong.requests
         running, stop = await start(tmp_path / "p", floor=None, allowed_lateness="1500ms", port=port)
         await _until(lambda: sender.stats.accepted)
         assert sender.instance == running.processor.instance, sender.report()
         assert running.processor.status()["partials"]["accepted"] == 1
-        assert _AnswersEverything404.requests == before  # nothing more went to the wrong peer
+        assert wrong.requests == before  # nothing more went to the wrong peer
     finally:
         if stop is not None:
             stop.set()

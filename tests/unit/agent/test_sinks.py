@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import http.server
 import math
 import random
 import subprocess
@@ -37,6 +36,7 @@ from observatory_agent.sinks.influx import (
     influx_message,
 )
 from tests.env.procs import free_port
+from tests.unit.agent import peers
 
 
 def _metric(name: str = "system.cpu.usage", tags: dict[str, str] | None = None, ts: float = 1_700_000_060.0):
@@ -693,49 +693,22 @@ def test_a_first_write_of_many_batches_loads_the_client_once_and_fails_retryably
     assert result.stdout.strip() == "retryable True"
 
 
-class _KeptAlive(http.server.BaseHTTPRequestHandler):
-    """A peer that answers every request with ``status`` and keeps the connection open (HTTP/1.1)."""
-
-    protocol_version = "HTTP/1.1"
-    status = 503
-    requests = 0
-
-    def do_POST(self) -> None:
-        type(self).requests += 1
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        self.send_response(self.status)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-def _serve(handler: type[http.server.BaseHTTPRequestHandler], port: int) -> http.server.ThreadingHTTPServer:
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
-    srv.daemon_threads, srv.block_on_close = True, False
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    return srv
-
-
 async def test_a_connection_that_failed_is_not_reused_for_the_next_write() -> None:
     """A write that failed on a kept-alive connection to the wrong peer: the retry connects afresh."""
     port = free_port()
-    wrong = _serve(type("Wrong", (_KeptAlive,), {"status": 503}), port)
+    wrong = peers.serve(port, 503)
     writer = InfluxWriter(WriterSettings(url=f"http://127.0.0.1:{port}", org="o", bucket="b", token="t"))
     try:
         with pytest.raises(RetryableWriteError):
             await writer.write(["m v=1 1"], budget=0.0)
-        assert wrong.RequestHandlerClass.requests == 1  # type: ignore[attr-defined]
-        wrong.shutdown()
-        wrong.socket.close()  # no new connections; the one kept alive would still answer 503
-        right = _serve(type("Right", (_KeptAlive,), {"status": 204}), port)
+        assert wrong.requests == 1
+        wrong.stop_listening()  # the one kept alive would still answer 503
+        right = peers.serve(port, 204)
         try:
             await writer.write(["m v=1 1"], budget=0.0)
-            assert right.RequestHandlerClass.requests == 1  # type: ignore[attr-defined]
-            assert wrong.RequestHandlerClass.requests == 1  # type: ignore[attr-defined]
+            assert (right.requests, wrong.requests) == (1, 1)
         finally:
-            right.shutdown()
+            right.stop_listening()
             right.server_close()
     finally:
         writer.close()
