@@ -73,6 +73,8 @@ HOST_EGRESS = (
 )
 """OUTPUT rules into the egress guard: host traffic to a Service address kube-proxy did not route, and
 anything a hostNetwork pod sends off the machine."""
+HOST_EGRESS_V6 = ("!", "-o", "lo", "-m", "owner", "--uid-owner", str(POD_UID), "-j", "DROP")
+"""The same for IPv6 (the bed's networks are IPv4 only, but the machine's interface has an IPv6 address)."""
 KUBELET_CHAINS = ("KUBE-FIREWALL", "KUBE-KUBELET-CANARY", "KUBE-IPTABLES-HINT")
 RUN_DIR = Path("/run/happy-observatory")
 LOCK_FILE = RUN_DIR / "realnodes.lock"
@@ -343,6 +345,7 @@ class HostNetwork:
         # and a hostNetwork pod is a pod. DNAT-ed packets carry the pod's address here and pass.
         for rule in HOST_EGRESS:
             _run("iptables", "-I", "OUTPUT", "1", *rule)
+        _run("ip6tables", "-I", "OUTPUT", "1", *HOST_EGRESS_V6)  # the bed has no IPv6: none of it leaves
 
     def note_netns(self, names: Iterable[str]) -> None:
         """Network namespaces created while the bed ran (recorded so a crashed bed's can be cleared)."""
@@ -370,6 +373,8 @@ class HostNetwork:
         for rule in HOST_EGRESS:
             while _run("iptables", "-D", "OUTPUT", *rule, check=False).returncode == 0:
                 pass
+        while _run("ip6tables", "-D", "OUTPUT", *HOST_EGRESS_V6, check=False).returncode == 0:
+            pass
         _quiet("iptables", "-F", EGRESS_CHAIN)
         _quiet("iptables", "-X", EGRESS_CHAIN)
         # The kubelet's own chains (its canaries and firewall): kube-proxy --cleanup leaves them.
