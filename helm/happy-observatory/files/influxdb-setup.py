@@ -17,6 +17,10 @@ standard library. Idempotent:
 3. With ``INFLUXDB_PROCESSOR_TOKEN_SECRET`` set too (``influxdb.processorToken.enabled``): the same
    for the processors' token, which may read and write the bucket (a processor reads its watermark
    back and writes roll-ups) and nothing else. Both are kinds of one mechanism (``KINDS``).
+4. With ``INFLUXDB_PROCESSOR_TOKEN_RETIRED_SECRET`` set instead (``processorToken`` turned off): what
+   an earlier run made for the processors is taken back. Its authorization is deleted (the token
+   stops working) and so are the Secrets of that name this release made; one it did not make is
+   left alone (the user manages it now). The Role may only get and delete that one name.
 
 Every failure names what was wrong. Exit code 3 means retrying cannot help (the Job's
 podFailurePolicy fails at once); anything else is retried while InfluxDB is starting.
@@ -69,23 +73,23 @@ class Kind:
         return f"happy-observatory {self.who} of release {OWNER}: {self.scope}"
 
 
+def _processors(secret: str) -> Kind:
+    # A processor reads its watermark back from the bucket at start, then writes roll-ups there.
+    return Kind("processors", ("read", "write"), secret, "influxdb.processorToken", "read-write on the bucket")
+
+
 KINDS = [
     kind
     for kind in (
         Kind(
             "agents", ("write",), os.environ.get("INFLUXDB_AGENT_TOKEN_SECRET", ""), "influxdb.agentToken", "write-only"
         ),
-        # A processor reads its watermark back from the bucket at start, then writes roll-ups there.
-        Kind(
-            "processors",
-            ("read", "write"),
-            os.environ.get("INFLUXDB_PROCESSOR_TOKEN_SECRET", ""),
-            "influxdb.processorToken",
-            "read-write on the bucket",
-        ),
+        _processors(os.environ.get("INFLUXDB_PROCESSOR_TOKEN_SECRET", "")),
     )
     if kind.secret
 ]
+RETIRED = [k for k in (_processors(os.environ.get("INFLUXDB_PROCESSOR_TOKEN_RETIRED_SECRET", "")),) if k.secret]
+"""Kinds turned off: what an earlier run made for them is revoked and deleted."""
 if not URL.startswith(("http://", "https://")):
     sys.exit(f"INFLUXDB_URL must be an http(s) URL, got {URL!r}")
 
@@ -302,6 +306,27 @@ def store(kind: Kind, token: str, current: dict[str, dict | None]) -> None:
         print(f"Secret {namespace}/{kind.secret}: {done} with the {kind.who}' token")
 
 
+def retire(kind: Kind, org_id: str) -> None:
+    """A kind turned off: delete its authorizations (found by description) and the Secrets this release made."""
+    listed = call("GET", "/api/v2/authorizations?" + urllib.parse.urlencode({"orgID": org_id}), token=TOKEN)
+    for made in [a for a in listed.get("authorizations") or [] if a.get("description") == kind.description]:
+        call("DELETE", f"/api/v2/authorizations/{made['id']}", token=TOKEN)
+        print(f"{kind.who}' token: revoked authorization {made['id']} ({kind.values}.enabled is false)")
+    for namespace in NAMESPACES:
+        status, body = kube("GET", _secret_path(namespace, kind.secret))
+        if status == 404:
+            continue
+        if status != 200:
+            fail(f"cannot read Secret {namespace}/{kind.secret} ({status}): {body.get('message', body)}")
+        if ((body.get("metadata") or {}).get("annotations") or {}).get(OWNER_ANNOTATION) != OWNER:
+            print(f"Secret {namespace}/{kind.secret}: not made by this release; left alone")
+            continue
+        status, body = kube("DELETE", _secret_path(namespace, kind.secret))
+        if status not in (200, 202, 404):
+            fail(f"cannot delete Secret {namespace}/{kind.secret} ({status}): {body.get('message', body)}")
+        print(f"Secret {namespace}/{kind.secret}: deleted ({kind.values}.enabled is false)")
+
+
 def main() -> None:
     wait_healthy(time.monotonic() + 240)
     set_up()
@@ -311,6 +336,8 @@ def main() -> None:
     org_id, bucket_id = org_and_bucket()
     for kind in KINDS:
         store(kind, authorization_token(kind, org_id, bucket_id), current[kind])
+    for kind in RETIRED:
+        retire(kind, org_id)
 
 
 if __name__ == "__main__":

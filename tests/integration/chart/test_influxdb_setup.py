@@ -434,3 +434,43 @@ def test_a_foreign_processor_secret_stops_the_job_before_anything_is_written(set
     assert setup.secret(setup.release_ns, PROCESSOR_SECRET) is None
     assert authorizations(setup.influx, f"processors of release {setup.release_ns}/{RELEASE}:") == []
     assert len(authorizations(setup.influx, f"agents of release {setup.release_ns}/{RELEASE}:")) == 1
+
+
+def test_turning_the_processors_token_off_revokes_it_and_deletes_its_secrets(setup: Setup) -> None:
+    influx = setup.influx
+    _, token = setup.installed_token(PROCESSOR_SECRET)
+    now = int(time.time())
+    assert write_as(influx, token, influx.bucket, f"itest.retired,run=before value=1i {now}") == 204
+    agents = setup.versions()
+    # A Secret of that name the release did not make, in a namespace the chart would have written to:
+    # once the token is off, it is the user's business.
+    theirs = setup.collector_ns[1]
+    setup.control_plane.kube.delete(f"/api/v1/namespaces/{theirs}/secrets/{PROCESSOR_SECRET}")
+    setup.control_plane.kube.create(
+        f"/api/v1/namespaces/{theirs}/secrets",
+        {"metadata": {"name": PROCESSOR_SECRET}, "stringData": {"token": "the user's own"}},
+    )
+
+    off = setup.render(typed=("influxdb.processorToken.enabled=false",))
+    setup.apply_rbac(off)
+    done = setup.run_job(off)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "revoked authorization" in done.stdout, done.stdout
+    # The token stops working at once, and the Secrets the release made for it are gone ...
+    assert write_as(influx, token, influx.bucket, f"itest.retired,run=after value=1i {now}") in (401, 403)
+    assert authorizations(influx, f"processors of release {setup.release_ns}/{RELEASE}:") == []
+    assert setup.secret(setup.release_ns, PROCESSOR_SECRET) is None
+    assert setup.secret(setup.collector_ns[0], PROCESSOR_SECRET) is None
+    # ... but not the user's, nor anything of the agents'.
+    assert setup.token_in(theirs, PROCESSOR_SECRET) == "the user's own"
+    assert setup.versions() == agents
+    assert len(authorizations(influx, f"agents of release {setup.release_ns}/{RELEASE}:")) == 1
+    # Deleting is all the Role allows on that name: it may not make the Secret again.
+    role = off.one("Role", f"{RELEASE}-influxdb-agent-token", setup.collector_ns[0])
+    named = [r for r in role["rules"] if PROCESSOR_SECRET in r.get("resourceNames", [])]
+    assert [sorted(r["verbs"]) for r in named] == [["delete", "get"]]
+    # Run again (the next upgrade): nothing left to take back, nothing fails.
+    again = setup.run_job(off)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "revoked" not in again.stdout
+    assert setup.token_in(theirs, PROCESSOR_SECRET) == "the user's own"
