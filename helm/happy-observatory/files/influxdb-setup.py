@@ -177,13 +177,18 @@ def _grants(authorization: dict) -> list[tuple[str, str, str]]:
     )
 
 
+def authorizations_of(kind: Kind, org_id: str) -> list[dict]:
+    """The org's authorizations this release made for ``kind`` (found by their description)."""
+    listed = call("GET", "/api/v2/authorizations?" + urllib.parse.urlencode({"orgID": org_id}), token=TOKEN)
+    return [a for a in listed.get("authorizations") or [] if a.get("description") == kind.description]
+
+
 def authorization_token(kind: Kind, org_id: str, bucket_id: str) -> str:
     """The token of the kind's one authorization, which may do its actions on the bucket only; created when missing."""
     description = kind.description
     bucket = {"type": "buckets", "id": bucket_id, "orgID": org_id}
     permissions = [{"action": a, "resource": bucket} for a in kind.actions]
-    listed = call("GET", "/api/v2/authorizations?" + urllib.parse.urlencode({"orgID": org_id}), token=TOKEN)
-    mine = [a for a in listed.get("authorizations") or [] if a.get("description") == description]
+    mine = authorizations_of(kind, org_id)
     grants = sorted((a, "buckets", bucket_id) for a in kind.actions)
     usable = [a for a in mine if a.get("status") == "active" and a.get("token") and _grants(a) == grants]
     keep = usable[0] if usable else None
@@ -308,8 +313,7 @@ def store(kind: Kind, token: str, current: dict[str, dict | None]) -> None:
 
 def retire(kind: Kind, org_id: str) -> None:
     """A kind turned off: delete its authorizations (found by description) and the Secrets this release made."""
-    listed = call("GET", "/api/v2/authorizations?" + urllib.parse.urlencode({"orgID": org_id}), token=TOKEN)
-    for made in [a for a in listed.get("authorizations") or [] if a.get("description") == kind.description]:
+    for made in authorizations_of(kind, org_id):
         call("DELETE", f"/api/v2/authorizations/{made['id']}", token=TOKEN)
         print(f"{kind.who}' token: revoked authorization {made['id']} ({kind.values}.enabled is false)")
     for namespace in NAMESPACES:

@@ -178,7 +178,6 @@ def kind(settings: Settings, prober: Prober) -> Kind:
             None,
         )
         started = [t.timestamp() for p in pods if (t := parse_time((p.get("status") or {}).get("startTime")))]
-        expected = _expected_nodes(cache, planned.feeders, owner.namespace)
         observed = funnel.Observed(
             generation=seen.generation,
             spec=planned.spec,
@@ -187,8 +186,7 @@ def kind(settings: Settings, prober: Prober) -> Kind:
             deployment=deploy,
             report=report,
             started=max(started) if started else None,
-            expected_nodes=len(expected),
-            expected_node_names=expected,
+            expected_node_names=_expected_nodes(cache, planned.feeders, owner.namespace),
             missing_collectors=planned.missing,
             window_problems=planned.window_problems,
             config_hash=planned.config_hash or seen.config_hash,

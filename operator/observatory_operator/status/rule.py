@@ -108,14 +108,18 @@ class Observed:
     """The ready processor pod's answer; None when none answered usefully."""
     started: float | None = None
     """Unix time the processor pod started (how long it may still wait for its first window)."""
-    expected_nodes: int | None = None
-    expected_node_names: frozenset[str] = frozenset()
-    """The nodes running a ready agent of the rule's collectors (``expected_nodes`` of them)."""
+    expected_node_names: frozenset[str] | None = None
+    """The nodes running a ready agent of the rule's collectors (None: not known)."""
     missing_collectors: Sequence[str] = ()
     window_problems: Sequence[str] = ()
     """Collectors whose window does not divide the rule's, each as ``name (window 45s)``."""
     config_hash: str | None = None
     previous_conditions: Sequence[Obj] = field(default_factory=tuple)
+
+    @property
+    def expected_nodes(self) -> int | None:
+        """EXPECTED: how many nodes run a ready agent of the rule's collectors."""
+        return len(self.expected_node_names) if self.expected_node_names is not None else None
 
 
 def _replicas(deployment: Obj | None) -> tuple[int, int, bool]:
@@ -198,7 +202,8 @@ def _data_flowing(observed: Observed, now: datetime) -> CondValue:
     nodes = f"{report.nodes}" if report.nodes is not None else "?"
     expected = f"/{observed.expected_nodes}" if observed.expected_nodes is not None else ""
     series = report.series if report.series is not None else 0
-    silent = sorted(observed.expected_node_names - report.node_names) if report.node_names is not None else []
+    names, contributed = observed.expected_node_names, report.node_names
+    silent = sorted(names - contributed) if names is not None and contributed is not None else []
     # Nodes whose agents run but whose partials are not in the window: their agents' /status says why.
     absent = f"; nothing from {_some(silent)}" if silent else ""
     return (

@@ -163,7 +163,7 @@ def compute(**kw: Any) -> Any:
         deployment=kw.pop("deployment", deployment()),
         report=kw.pop("report", report()),
         started=NOW.timestamp() - 600,
-        expected_nodes=kw.pop("expected", 3),
+        expected_node_names=kw.pop("expected_node_names", frozenset({"node-1", "node-2", "node-3"})),
         **kw,
     )
     return funnel.compute(observed, NOW)
@@ -188,7 +188,7 @@ def test_a_rule_that_writes_every_window_reads_ready_with_its_last_window_and_se
 def test_nodes_running_agents_whose_partials_are_not_in_the_window_are_named() -> None:
     names = frozenset({"node-1", "node-2", "node-3"})
     two = report(last_window={"end": NOW.timestamp() - 30, "series": 2, "nodes": 2, "node_names": ["node-1", "node-3"]})
-    result = compute(report=two, expected=3, expected_node_names=names)
+    result = compute(report=two, expected_node_names=names)
     flowing = cond(result, "DataFlowing")
     assert flowing["status"] == "True"  # roll-ups are written, from the nodes that send
     assert flowing["message"].endswith("2 series from 2/3 nodes; nothing from node-2"), flowing["message"]
@@ -203,7 +203,7 @@ def test_nodes_running_agents_whose_partials_are_not_in_the_window_are_named() -
 )
 def test_a_missing_or_implausible_node_list_names_no_node(listed: Any) -> None:
     two = report(last_window={"end": NOW.timestamp() - 30, "series": 2, "nodes": 2, "node_names": listed})
-    result = compute(report=two, expected=3, expected_node_names=frozenset({"node-1", "node-2", "node-3"}))
+    result = compute(report=two, expected_node_names=frozenset({"node-1", "node-2", "node-3"}))
     assert cond(result, "DataFlowing")["message"].endswith("2 series from 2/3 nodes"), listed
 
 
